@@ -1,0 +1,57 @@
+# hpcvirt.regime — the two commands of README.md, and the steps they are made of.
+#   make demo   set up this machine and run the main job on the embedded default inventory
+#   make test   set up this machine and run every test suite
+SHELL := /bin/bash
+VENV ?= $(CURDIR)/.venv
+PYTHON ?= python3
+IMAGE_DIR ?= /var/lib/hpcvirt/images
+COLLECTIONS := $(CURDIR)/.build/collections
+COLLECTION_LINK := $(COLLECTIONS)/ansible_collections/hpcvirt/regime
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export HPCVIRT_IMAGE_DIR := $(IMAGE_DIR)
+export PATH := $(VENV)/bin:$(PATH)
+
+.PHONY: demo test setup host venv image libvirt collection unit sanity lint integration clean
+
+demo: setup
+	ansible-playbook playbooks/demo.yml
+
+test: setup unit lint sanity integration
+
+setup: host venv collection image libvirt
+
+host:
+	scripts/setup-host.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+collection:
+	mkdir -p $(dir $(COLLECTION_LINK))
+	ln -sfn $(CURDIR) $(COLLECTION_LINK)
+
+image:
+	tools/guest/build-image.sh $(IMAGE_DIR)
+
+libvirt:
+	scripts/start-libvirt.sh
+
+unit: venv collection
+	python -m pytest -q tests/unit
+
+lint: venv collection
+	ansible-lint --profile production
+
+sanity: venv
+	scripts/sanity.sh
+
+integration: setup
+	python -m pytest -q tests/integration
+
+clean:
+	rm -rf .build .pytest_cache

@@ -1,0 +1,206 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) hpcvirt.regime contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What a node looks like now: its CPU layout as found, its guests' placement, its regime.
+
+The pure functions (``observe_layout``, ``classify_placement``, ``infer_regime``,
+``parse_domain_xml``) take plain data and are unit-tested; ``read_guest`` asks a libvirt domain.
+"""
+
+from __future__ import annotations
+
+from xml.etree import ElementTree
+
+from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
+    cpumap_to_set,
+    format_cpulist,
+    parse_cpulist,
+)
+from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import (
+    metadata_from_domain_xml,
+)
+
+
+def observe_layout(topology, cgroups, layout_file=None):
+    """Housekeeping CPUs, partitions and shared pool as the node has them.
+
+    Partitions are the partition cgroups below libvirt's machine cgroup. Housekeeping and pool come
+    from the layout file the partition module writes; without one, a node that was never carved
+    has every online CPU in both (the host and the guests share everything).
+    """
+    online = topology.online
+    partitions = {}
+    for name, cgroup in sorted(cgroups.partitions().items()):
+        partitions[name] = {
+            "name": name,
+            "cpus": format_cpulist(cgroup.cpus),
+            "mems": format_cpulist(cgroup.mems),
+            "partition_state": cgroup.partition_state,
+            "exclusive": cgroup.exclusive,
+            "cgroup": cgroup.path,
+        }
+    in_partitions = frozenset()
+    for part in partitions.values():
+        in_partitions |= parse_cpulist(part["cpus"])
+
+    if layout_file:
+        housekeeping = parse_cpulist(layout_file.get("housekeeping", "")) & online
+        pool = parse_cpulist(layout_file.get("pool", "")) & online
+        source = "layout_file"
+    else:
+        housekeeping = online - in_partitions
+        pool = online - in_partitions
+        source = "cgroups" if partitions else "default"
+    return {
+        "housekeeping": format_cpulist(housekeeping),
+        "pool": format_cpulist(pool),
+        "partitions": [partitions[name] for name in sorted(partitions)],
+        "unassigned": format_cpulist(online - housekeeping - pool - in_partitions),
+        "source": source,
+    }
+
+
+def infer_regime(layout):
+    """The regime a layout amounts to: no partitions is time-shared, no pool is space-shared."""
+    has_partitions = bool(layout["partitions"])
+    pool = parse_cpulist(layout["pool"]) - parse_cpulist(layout["housekeeping"])
+    if not has_partitions:
+        return "time_shared"
+    if not pool:
+        return "space_shared"
+    return "mixed"
+
+
+def classify_placement(vcpu_pins, partitions, pool):
+    """How a guest's vCPUs sit on the node.
+
+    ``dedicated``: every vCPU pinned to its own single CPU, all inside one partition.
+    ``shared``: every vCPU may float over CPUs of the shared pool (and none of a partition).
+    ``custom``: anything else (hand-made pins, pins across partitions, pins into a partition that
+    are not 1:1).
+    Returns (mode, partition name or None).
+    """
+    pins = [frozenset(p) for p in vcpu_pins]
+    if not pins:
+        return "custom", None
+    part_cpus = {name: parse_cpulist(p["cpus"]) for name, p in partitions.items()}
+    single = all(len(p) == 1 for p in pins)
+    used = frozenset().union(*pins)
+    if single and len(used) == len(pins):
+        for name, cpus in part_cpus.items():
+            if used <= cpus:
+                return "dedicated", name
+    in_any_partition = frozenset().union(*part_cpus.values()) if part_cpus else frozenset()
+    if used <= pool and not used & in_any_partition:
+        return "shared", None
+    return "custom", None
+
+
+def _int(text, default=None):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return default
+
+
+def parse_domain_xml(xml_text):
+    """What the domain XML says about vCPUs, tuning, memory and hpcvirt intent (no libvirt needed)."""
+    root = ElementTree.fromstring(xml_text)
+    vcpu = root.find("vcpu")
+    maximum = _int(vcpu.text, 1) if vcpu is not None else 1
+    current = _int(vcpu.get("current"), maximum) if vcpu is not None else maximum
+
+    backing = root.find("memoryBacking")
+    hugepages = []
+    locked = False
+    if backing is not None:
+        pages = backing.find("hugepages")
+        if pages is not None:
+            sizes = [
+                {"size": page.get("size"), "unit": page.get("unit", "KiB"), "nodeset": page.get("nodeset")}
+                for page in pages.findall("page")
+            ]
+            hugepages = sizes or [{"size": None, "unit": None, "nodeset": None}]
+        locked = backing.find("locked") is not None
+
+    numatune = {}
+    memory = root.find("numatune/memory")
+    if memory is not None:
+        numatune = {"mode": memory.get("mode", "strict"), "nodeset": memory.get("nodeset"),
+                    "placement": memory.get("placement")}
+
+    cputune = root.find("cputune")
+    shares = quota = None
+    if cputune is not None:
+        shares = _int(cputune.findtext("shares"))
+        quota = _int(cputune.findtext("quota"))
+
+    return {
+        "type": root.get("type"),
+        "vcpus": {"current": current, "maximum": maximum},
+        "memory_backing": {"hugepages": hugepages, "locked": locked},
+        "numatune": numatune,
+        "cputune": {"shares": shares, "quota": quota},
+        "resource_partition": root.findtext("resource/partition"),
+        "metadata": metadata_from_domain_xml(xml_text),
+    }
+
+
+def read_guest(libvirt, dom, partitions, pool, states):
+    """One domain's state and placement, live when it runs and from its config when it does not."""
+    state, reason = dom.state()
+    active = bool(dom.isActive())
+    flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if active else libvirt.VIR_DOMAIN_AFFECT_CONFIG
+    xml_flags = 0 if active else libvirt.VIR_DOMAIN_XML_INACTIVE
+    described = parse_domain_xml(dom.XMLDesc(xml_flags))
+
+    vcpu_pins = [cpumap_to_set(m) for m in dom.vcpuPinInfo(flags)]
+    emulator = cpumap_to_set(dom.emulatorPinInfo(flags))
+    try:
+        iothreads = {str(info[0]): format_cpulist(cpumap_to_set(info[1])) for info in dom.ioThreadInfo(flags)}
+    except libvirt.libvirtError:
+        iothreads = {}
+    try:
+        scheduler = dom.schedulerParametersFlags(flags)
+    except libvirt.libvirtError:
+        scheduler = {}
+    running_on = {}
+    if active:
+        try:
+            running_on = {str(v[0]): v[3] for v in dom.vcpus()[0]}
+        except libvirt.libvirtError:
+            running_on = {}
+
+    info = dom.info()
+    mode, partition = classify_placement(vcpu_pins[: described["vcpus"]["maximum"]], partitions, pool)
+    intent = described["metadata"].get("placement", {})
+    return {
+        "name": dom.name(),
+        "uuid": dom.UUIDString(),
+        "id": dom.ID() if active else None,
+        "state": states.get(state, "unknown"),
+        "state_reason": reason,
+        "active": active,
+        "persistent": bool(dom.isPersistent()),
+        "autostart": bool(dom.autostart()) if dom.isPersistent() else False,
+        "managed_save": bool(dom.hasManagedSaveImage(0)),
+        "domain_type": described["type"],
+        "vcpus": described["vcpus"],
+        "memory_kb": info[2],
+        "max_memory_kb": info[1],
+        "vcpu_pins": {str(i): format_cpulist(p) for i, p in enumerate(vcpu_pins)},
+        "vcpu_running_on": running_on,
+        "emulator_pin": format_cpulist(emulator),
+        "iothread_pins": iothreads,
+        "scheduler": scheduler,
+        "memory_backing": described["memory_backing"],
+        "numatune": described["numatune"],
+        "resource_partition": described["resource_partition"],
+        "hpcvirt": described["metadata"],
+        "placement": {
+            "observed": mode,
+            "partition": partition,
+            "intent": intent.get("mode"),
+            "intent_partition": intent.get("partition"),
+        },
+    }

@@ -1,0 +1,59 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) hpcvirt.regime contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Files hpcvirt keeps on a node.
+
+``/etc/hpcvirt/layout.json``   the desired partition layout (written by the partition module, read
+                               at boot to re-apply it)
+``/var/lib/hpcvirt/regime.json``  the regime the node was last moved to, and when
+``/var/lib/hpcvirt/journal/``  plans being applied, so a killed run is detected and converged
+
+Writes are atomic (temporary file, fsync, rename) so a crash never leaves half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+LAYOUT_FILE = "etc/hpcvirt/layout.json"
+REGIME_FILE = "var/lib/hpcvirt/regime.json"
+JOURNAL_DIR = "var/lib/hpcvirt/journal"
+
+REGIMES = ("space_shared", "time_shared", "mixed")
+
+
+def state_path(root, relpath):
+    return os.path.join(root, relpath)
+
+
+def read_json(root, relpath):
+    """Parsed JSON of ``root/relpath``; None when the file does not exist."""
+    path = state_path(root, relpath)
+    try:
+        with open(path, "r") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise ValueError("%s is not valid JSON: %s" % (path, exc))
+
+
+def write_json_atomic(root, relpath, data, mode=0o644):
+    path = state_path(root, relpath)
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, mode)
+        os.rename(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

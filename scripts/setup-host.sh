@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Install the Debian packages a node and the test bed need; skip what is already installed.
+set -euo pipefail
+packages=(
+  qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+  python3-libvirt python3-lxml python3-venv python3-dev gcc
+  cpio busybox-static e2fsprogs procps iproute2
+)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  echo "setup-host: installing ${missing[*]}"
+  [[ $(id -u) == 0 ]] || { echo "setup-host: run as root (apt-get install ${missing[*]})" >&2; exit 1; }
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o Dpkg::Options::=--force-confnew "${missing[@]}"
+else
+  echo "setup-host: packages present"
+fi
