@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 import textwrap
 import uuid
 
@@ -16,6 +17,8 @@ NODE_PYTHON = "/usr/bin/python3"   # modules run with the node's Python, as on a
 
 def ansible_env():
     env = dict(os.environ)
+    # The venv's ansible-playbook, also when pytest is run without activating the venv.
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.path.join(ROOT, ".build", "collections"))
     env.setdefault("ANSIBLE_CONFIG", os.path.join(ROOT, "ansible.cfg"))
     env["ANSIBLE_NOCOLOR"] = "1"
@@ -42,7 +45,7 @@ def run_playbook(playbook, *args, inventory=None, extra_vars=None, check=False):
     return subprocess.run(cmd, cwd=ROOT, env=ansible_env(), capture_output=True, text=True, timeout=900)
 
 
-def run_module(module, args=None, check=False, diff=False):
+def run_module(module, args=None, check=False, diff=False, interpreter=NODE_PYTHON):
     """Run one module on the local node through ansible-playbook; return its result dict.
 
     A failed module is returned (``failed: true`` and ``msg``), not raised, so tests assert on it.
@@ -52,7 +55,7 @@ def run_module(module, args=None, check=False, diff=False):
     out = os.path.join(tmpdir, "result-%s.json" % uuid.uuid4().hex[:8])
     play = [{
         "hosts": "localhost", "gather_facts": False, "connection": "local",
-        "vars": {"ansible_python_interpreter": NODE_PYTHON},
+        "vars": {"ansible_python_interpreter": interpreter},
         "tasks": [
             {"name": "run", module: args or {}, "register": "result", "ignore_errors": True,
              "check_mode": check, "diff": diff},
