@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Test bed for hpcvirt.regime: tiny real guests on a real libvirtd, and their heartbeats.
 
 Used by the integration tests, the demo and the benchmarks (not by the collection itself). Guests
@@ -38,7 +37,12 @@ URI = os.environ.get("HPCVIRT_URI", "qemu:///system")
 
 HEARTBEAT = re.compile(r"hpcvirt-hb seq=(\d+) up=([\d.]+) boot=(\w+) host=(\S*) src=(\w+)")
 
-libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+def _quiet(_ctx, _err):
+    return None
+
+
+libvirt.registerErrorHandler(_quiet, None)
 
 
 def connect(uri=URI):
@@ -219,13 +223,13 @@ class HeartbeatTail:
         return len(self.beats)
 
     def gaps_ms(self, since=0):
-        stamps = [t for t, _ in self.beats[max(since - 1, 0):]]
+        stamps = [stamp for stamp, _beat in self.beats[max(since - 1, 0):]]
         return [(b - a) * 1000.0 for a, b in zip(stamps, stamps[1:])]
 
     def restarts(self):
         count = 0
-        for (_, a), (_, b) in zip(self.beats, self.beats[1:]):
-            if b["boot"] != a["boot"] or b["seq"] < a["seq"]:
+        for (_t1, before), (_t2, after) in zip(self.beats, self.beats[1:]):
+            if after["boot"] != before["boot"] or after["seq"] < before["seq"]:
                 count += 1
         return count
 

@@ -169,7 +169,7 @@ def parse_cmdline(text):
     for word in text.split():
         if word == "--":
             break
-        key, _, value = word.partition("=")
+        key, _sep, value = word.partition("=")
         if key == "isolcpus":
             parts = value.split(",")
             # Leading words that are not CPUs are flags: nohz, domain, managed_irq.
@@ -189,7 +189,7 @@ def parse_cmdline(text):
         elif key == "hugepages":
             size = current_size or default_kb or 2048
             # "hugepages=0:2,1:2" asks per NUMA node; the total is what counts here.
-            total = sum(int(p.split(":")[-1]) for p in value.split(",") if p)
+            total = sum(int(part.split(":")[-1]) for part in value.split(",") if part)
             hugepages[size] = total
     return KernelCmdline(raw=text.strip(), isolcpus=isolcpus, isolcpus_flags=flags, nohz_full=nohz,
                          rcu_nocbs=nocbs, default_hugepagesz_kb=default_kb, hugepages=hugepages)

@@ -20,7 +20,7 @@ description:
     pool), and the node's regime.
   - Changes nothing on the node.
 author:
-  - hpcvirt.regime developers
+  - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
 attributes:
@@ -182,6 +182,16 @@ regime:
   returned: always
   type: dict
   sample: {"name": "time_shared", "source": "inferred", "recorded_at": null}
+  contains:
+    name:
+      description: C(space_shared), C(time_shared) or C(mixed).
+      type: str
+    source:
+      description: C(recorded) when the last regime change recorded it on the node, C(inferred) from the layout otherwise.
+      type: str
+    recorded_at:
+      description: When the recorded regime was set (ISO 8601), null when inferred.
+      type: str
 timings:
   description: Milliseconds spent reading each part.
   returned: always

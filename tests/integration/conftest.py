@@ -42,7 +42,7 @@ def run_playbook(playbook, *args, inventory=None, extra_vars=None, check=False):
     if check:
         cmd.append("--check")
     cmd += list(args)
-    return subprocess.run(cmd, cwd=ROOT, env=ansible_env(), capture_output=True, text=True, timeout=900)
+    return subprocess.run(cmd, cwd=ROOT, env=ansible_env(), capture_output=True, text=True, timeout=900, check=False)
 
 
 def run_module(module, args=None, check=False, diff=False, interpreter=NODE_PYTHON):
@@ -67,7 +67,7 @@ def run_module(module, args=None, check=False, diff=False, interpreter=NODE_PYTH
     with open(path, "w") as handle:
         json.dump(play, handle)
     proc = subprocess.run(["ansible-playbook", path, "-i", "localhost,"], cwd=ROOT, env=ansible_env(),
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=900, check=False)
     if not os.path.exists(out):
         raise AssertionError("ansible-playbook did not run the module:\n%s\n%s" % (proc.stdout, proc.stderr))
     with open(out) as handle:

@@ -42,6 +42,7 @@ kver=$(ls kernel/lib/modules)
 root=initramfs
 mkdir -p $root/{bin,sbin,etc,proc,sys,dev,mnt,tmp,run,lib/modules}
 cp "$file_bb" $root/bin/busybox
+ln -s busybox $root/bin/sh
 mods=kernel/lib/modules/$kver
 order=()
 module_path() { find "$mods" -name "$1.ko" -o -name "$(echo "$1" | tr _ -).ko" | head -1; }
