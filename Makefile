@@ -15,6 +15,7 @@ export PATH := $(VENV)/bin:$(PATH)
 .PHONY: demo test setup host venv image libvirt collection unit sanity lint integration clean
 
 demo: setup
+	python tools/testbed.py boot hpcvirt-demo --vcpus 2
 	ansible-playbook playbooks/demo.yml
 
 test: setup unit lint sanity integration
@@ -46,6 +47,7 @@ unit: venv collection
 
 lint: venv collection
 	ansible-lint --profile production
+	antsibull-changelog lint
 
 sanity: venv
 	scripts/sanity.sh
