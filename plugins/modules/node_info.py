@@ -239,6 +239,16 @@ def read_node_state(module, root="/"):
     return topology, cgroups, layout, regime, timings
 
 
+def read_guest_unless_gone(module, dom, partitions, pool):
+    """A domain's report, or None when it was undefined between listing and reading it."""
+    try:
+        return read_guest(lv.libvirt, dom, partitions, pool, lv.DOMAIN_STATES)
+    except lv.libvirt.libvirtError as exc:
+        if exc.get_error_code() == lv.libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        module.fail_json(msg="reading domain '%s': %s" % (dom.name(), lv.error_text(exc)))
+
+
 def main():
     argument_spec = lv.libvirt_argument_spec()
     argument_spec.update(
@@ -261,8 +271,9 @@ def main():
             names = sorted(by_name) if wanted is None else [n for n in wanted if n in by_name]
             domains = []
             for name in names:
-                with lv.libvirt_errors(module, "reading domain '%s'" % name):
-                    domains.append(read_guest(lv.libvirt, by_name[name], partitions, pool, lv.DOMAIN_STATES))
+                guest = read_guest_unless_gone(module, by_name[name], partitions, pool)
+                if guest is not None:
+                    domains.append(guest)
         hypervisor = {
             "uri": conn.getURI(),
             "hypervisor": conn.getType(),

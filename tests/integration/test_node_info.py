@@ -106,3 +106,23 @@ def test_status_playbook_prints_the_guest(pinned_guest):
     assert "regime" in proc.stdout
     assert "- %s: running, 2/2 vCPUs" % pinned_guest.name() in proc.stdout
     assert "vcpu pins 0 %d" % (os.cpu_count() - 1) in proc.stdout
+
+
+def test_guest_that_vanishes_while_listed_is_skipped(conn):
+    """A transient guest undefined between listing and reading must not fail the whole report."""
+    import testbed
+    from ansible_collections.hpcvirt.regime.plugins.modules import node_info
+
+    name = "hpcvirt-it-vanish"
+    disk = testbed.create_overlay(conn, name)
+    dom = conn.createXML(testbed.guest_xml(name, disk), 0)   # transient: gone once destroyed
+    try:
+        dom.destroy()
+
+        class Module:
+            def fail_json(self, **kwargs):
+                raise AssertionError(kwargs["msg"])
+
+        assert node_info.read_guest_unless_gone(Module(), dom, {}, frozenset()) is None
+    finally:
+        testbed.remove(conn, name)
