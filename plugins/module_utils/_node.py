@@ -16,9 +16,47 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
     format_cpulist,
     parse_cpulist,
 )
+from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import CgroupError, detect_layout
 from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import (
     metadata_from_domain_xml,
 )
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings
+from ansible_collections.hpcvirt.regime.plugins.module_utils._state import (
+    LAYOUT_FILE,
+    REGIME_FILE,
+    read_json,
+)
+from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_topology
+
+
+class NodeStateError(Exception):
+    """The node's own files cannot be read as expected; the message says which and why."""
+
+
+def read_node_state(root="/"):
+    """Topology, cgroup layout, CPU layout as found and regime: everything but libvirt.
+
+    Returns (topology, cgroups, layout, regime, timings).
+    """
+    timings = Timings()
+    with timings.measure("topology"):
+        topology = read_topology(root)
+    try:
+        with timings.measure("cgroups"):
+            cgroups = detect_layout(root)
+    except CgroupError as exc:
+        raise NodeStateError("cgroup: %s" % exc)
+    try:
+        layout_file = read_json(root, LAYOUT_FILE)
+        recorded = read_json(root, REGIME_FILE)
+    except ValueError as exc:
+        raise NodeStateError(str(exc))
+    layout = observe_layout(topology, cgroups, layout_file)
+    if recorded and recorded.get("regime"):
+        regime = {"name": recorded["regime"], "source": "recorded", "recorded_at": recorded.get("changed_at")}
+    else:
+        regime = {"name": infer_regime(layout), "source": "inferred", "recorded_at": None}
+    return topology, cgroups, layout, regime, timings
 
 
 def observe_layout(topology, cgroups, layout_file=None):
@@ -131,9 +169,12 @@ def parse_domain_xml(xml_text):
 
     cputune = root.find("cputune")
     shares = quota = None
+    vcpupins = {}
     if cputune is not None:
         shares = _int(cputune.findtext("shares"))
         quota = _int(cputune.findtext("quota"))
+        for pin in cputune.findall("vcpupin"):
+            vcpupins[_int(pin.get("vcpu"))] = pin.get("cpuset")
 
     return {
         "type": root.get("type"),
@@ -141,6 +182,8 @@ def parse_domain_xml(xml_text):
         "memory_backing": {"hugepages": hugepages, "locked": locked},
         "numatune": numatune,
         "cputune": {"shares": shares, "quota": quota},
+        "vcpupins": vcpupins,
+        "vcpu_cpuset": vcpu.get("cpuset") if vcpu is not None else None,
         "resource_partition": root.findtext("resource/partition"),
         "metadata": metadata_from_domain_xml(xml_text),
     }
@@ -155,6 +198,13 @@ def read_guest(libvirt, dom, partitions, pool, states):
     described = parse_domain_xml(dom.XMLDesc(xml_flags))
 
     vcpu_pins = [cpumap_to_set(m) for m in dom.vcpuPinInfo(flags)]
+    # vcpuPinInfo covers online vCPUs only; the others' pins are in the XML (or default to the
+    # <vcpu cpuset>, or every host CPU).
+    host_cpus = frozenset(range(len(dom.emulatorPinInfo(flags))))
+    default = parse_cpulist(described["vcpu_cpuset"]) if described["vcpu_cpuset"] else host_cpus
+    for vcpu in range(len(vcpu_pins), described["vcpus"]["maximum"]):
+        text = described["vcpupins"].get(vcpu)
+        vcpu_pins.append(parse_cpulist(text) if text else default)
     emulator = cpumap_to_set(dom.emulatorPinInfo(flags))
     try:
         iothreads = {str(info[0]): format_cpulist(cpumap_to_set(info[1])) for info in dom.ioThreadInfo(flags)}
@@ -204,3 +254,15 @@ def read_guest(libvirt, dom, partitions, pool, states):
             "intent_partition": intent.get("partition"),
         },
     }
+
+
+def read_guests(libvirt, domains, partitions, pool, states):
+    """``read_guest`` for each domain, leaving out those undefined while being read."""
+    guests = []
+    for dom in domains:
+        try:
+            guests.append(read_guest(libvirt, dom, partitions, pool, states))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+    return guests

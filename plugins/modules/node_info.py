@@ -200,53 +200,12 @@ timings:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import CgroupError, detect_layout
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import parse_cpulist
 from ansible_collections.hpcvirt.regime.plugins.module_utils._node import (
-    infer_regime,
-    observe_layout,
-    read_guest,
+    NodeStateError,
+    read_guests,
+    read_node_state,
 )
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings
-from ansible_collections.hpcvirt.regime.plugins.module_utils._state import (
-    LAYOUT_FILE,
-    REGIME_FILE,
-    read_json,
-)
-from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_topology
-
-
-def read_node_state(module, root="/"):
-    """Topology, cgroups, layout and recorded regime: everything but libvirt."""
-    timings = Timings()
-    with timings.measure("topology"):
-        topology = read_topology(root)
-    try:
-        with timings.measure("cgroups"):
-            cgroups = detect_layout(root)
-    except CgroupError as exc:
-        module.fail_json(msg="cgroup: %s" % exc)
-    try:
-        layout_file = read_json(root, LAYOUT_FILE)
-        recorded = read_json(root, REGIME_FILE)
-    except ValueError as exc:
-        module.fail_json(msg=str(exc))
-    layout = observe_layout(topology, cgroups, layout_file)
-    if recorded and recorded.get("regime"):
-        regime = {"name": recorded["regime"], "source": "recorded", "recorded_at": recorded.get("changed_at")}
-    else:
-        regime = {"name": infer_regime(layout), "source": "inferred", "recorded_at": None}
-    return topology, cgroups, layout, regime, timings
-
-
-def read_guest_unless_gone(module, dom, partitions, pool):
-    """A domain's report, or None when it was undefined between listing and reading it."""
-    try:
-        return read_guest(lv.libvirt, dom, partitions, pool, lv.DOMAIN_STATES)
-    except lv.libvirt.libvirtError as exc:
-        if exc.get_error_code() == lv.libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        module.fail_json(msg="reading domain '%s': %s" % (dom.name(), lv.error_text(exc)))
 
 
 def main():
@@ -258,7 +217,11 @@ def main():
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
     lv.require_libraries(module, need_lxml=False)
 
-    topology, cgroups, layout, regime, timings = read_node_state(module)
+    try:
+        node = read_node_state()
+    except NodeStateError as exc:
+        module.fail_json(msg=str(exc))
+    topology, cgroups, layout, regime, timings = node
     conn = lv.open_connection(module)
     partitions = {p["name"]: p for p in layout["partitions"]}
     pool = parse_cpulist(layout["pool"])
@@ -269,11 +232,7 @@ def main():
             wanted = module.params["domains"]
             by_name = {dom.name(): dom for dom in all_domains}
             names = sorted(by_name) if wanted is None else [n for n in wanted if n in by_name]
-            domains = []
-            for name in names:
-                guest = read_guest_unless_gone(module, by_name[name], partitions, pool)
-                if guest is not None:
-                    domains.append(guest)
+            domains = read_guests(lv.libvirt, [by_name[n] for n in names], partitions, pool, lv.DOMAIN_STATES)
         hypervisor = {
             "uri": conn.getURI(),
             "hypervisor": conn.getType(),
