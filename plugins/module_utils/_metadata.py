@@ -45,13 +45,18 @@ def metadata_from_domain_xml(domain_xml):
     return parse_metadata(ElementTree.tostring(element, encoding="unicode")) if element is not None else {}
 
 
-def build_metadata(data):
-    """XML text of the hpcvirt element for ``data`` (keys and attributes sorted, values as str)."""
+def build_metadata(data, namespaced=True):
+    """XML text of the hpcvirt element for ``data`` (keys and attributes sorted, values as str).
+
+    ``setMetadata`` needs ``namespaced=False``: libvirt puts the element in the namespace itself
+    and fails ("failed to create a new XML namespace") when the text already declares the prefix.
+    """
     ElementTree.register_namespace(PREFIX, NAMESPACE)
-    root = ElementTree.Element("{%s}%s" % (NAMESPACE, ROOT))
+    qualify = ("{%s}%%s" % NAMESPACE) if namespaced else "%s"
+    root = ElementTree.Element(qualify % ROOT)
     for key in sorted(data):
         attrs = {k: str(v) for k, v in sorted(data[key].items()) if v is not None}
-        ElementTree.SubElement(root, "{%s}%s" % (NAMESPACE, key), attrs)
+        ElementTree.SubElement(root, qualify % key, attrs)
     return ElementTree.tostring(root, encoding="unicode")
 
 
@@ -71,4 +76,4 @@ def write_domain_metadata(dom, data, flags):
     """Replace the hpcvirt metadata of ``dom`` for the live and/or persistent definition."""
     import libvirt
 
-    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, build_metadata(data), PREFIX, NAMESPACE, flags)
+    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, build_metadata(data, namespaced=False), PREFIX, NAMESPACE, flags)

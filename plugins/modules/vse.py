@@ -225,7 +225,7 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._domain import (
     needs_restart,
     owned_view,
 )
-from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import NAMESPACE, PREFIX, build_metadata
+from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import write_domain_metadata
 from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan, Timings
 from ansible_collections.hpcvirt.regime.plugins.module_utils._state import LAYOUT_FILE, read_json
 from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_topology
@@ -380,8 +380,7 @@ def apply_live(dom, field, value, resolved):
     live = lv.libvirt.VIR_DOMAIN_AFFECT_LIVE
     key = field.split(".", 1)[-1]
     if field == "metadata":
-        dom.setMetadata(lv.libvirt.VIR_DOMAIN_METADATA_ELEMENT, build_metadata(resolved["metadata"]),
-                        PREFIX, NAMESPACE, live)
+        write_domain_metadata(dom, resolved["metadata"], live)
     elif field == "cputune.vcpupin":
         ncpus = lv.host_cpu_count(dom.connect())
         for vcpu, cpus in (value or {}).items():
