@@ -256,9 +256,12 @@ def read_node(module, conn, name):
     for dom in conn.listAllDomains(0):
         if dom.name() == name:
             continue
-        views = [owned_view(dom.XMLDesc(lv.libvirt.VIR_DOMAIN_XML_INACTIVE))]
-        if dom.isActive():
-            views.append(owned_view(dom.XMLDesc(0)))
+        try:
+            views = [owned_view(dom.XMLDesc(lv.libvirt.VIR_DOMAIN_XML_INACTIVE))]
+            if dom.isActive():
+                views.append(owned_view(dom.XMLDesc(0)))
+        except lv.libvirt.libvirtError:
+            continue   # a guest that went away (migrated, undefined) while we listed
         for view in views:
             for cpus in view["cputune"]["vcpupin"].values():
                 pinned = parse_cpulist(cpus)
