@@ -34,7 +34,7 @@ def test_two_guests_from_one_master_boot_beat_and_converge(conn, provisioned):
         assert "hpcvirt-tiny.qcow2" in xml and "layers=\"vendor,site,group" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         backing.add(name)
     assert len(backing) == 2
-    second = run_playbook("playbooks/provision.yml")
+    second = run_playbook("playbooks/provision.yml", "-v")
     assert second.returncode == 0, second.stdout + second.stderr
     assert "changed=0" in second.stdout, second.stdout
 
