@@ -39,7 +39,7 @@ def stable_mac(name, index=0):
 
 
 def _range_bounds(text):
-    """(first, last, prefix) of a range ``a-b`` or network ``a/p`` (network/broadcast excluded)."""
+    """(first, last, prefix, version) of a range ``a-b`` or network ``a/p`` (network/broadcast excluded)."""
     text = text.strip()
     try:
         if "-" in text:

@@ -8,7 +8,7 @@ into domain XML with lxml. ``owned_view`` reads any domain XML (ours, or libvirt
 addresses, aliases, default controllers, expanded machine types) into the plain dict of the fields
 a VSE owns, so two documents are equal exactly when the guest is what the spec asks for.
 ``compare`` lists the differences; ``LIVE_FIELDS`` are the ones a running guest takes without a
-restart (scheduler parameters, pins, memory tunables, metadata).
+restart (scheduler parameters, pins and the vCPUs' cpuset, memory tunables, metadata).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ except ImportError:  # reported by _libvirt.require_libraries in the module
     etree = None
 
 LIVE_FIELDS = (
-    "cputune.shares", "cputune.quota", "cputune.period", "cputune.global_quota", "cputune.global_period",
+    "vcpu_cpuset", "cputune.shares", "cputune.quota", "cputune.period", "cputune.global_quota", "cputune.global_period",
     "cputune.vcpupin", "cputune.emulatorpin", "memtune.hard_limit", "memtune.soft_limit", "metadata",
 )
 

@@ -388,6 +388,14 @@ def apply_live(dom, field, value, resolved):
         ncpus = lv.host_cpu_count(dom.connect())
         for vcpu, cpus in (value or {}).items():
             dom.pinVcpuFlags(int(vcpu), set_to_cpumap(parse_cpulist(cpus), ncpus), live)
+    elif field == "vcpu_cpuset":
+        # the shared pool moved (the partition module changed the layout): follow it live
+        ncpus = lv.host_cpu_count(dom.connect())
+        cpus = parse_cpulist(value) if value else frozenset(range(ncpus))
+        pinned = set((resolved["cputune"].get("vcpupin") or {}).keys())
+        for vcpu in range(resolved["vcpus"]):
+            if str(vcpu) not in pinned:
+                dom.pinVcpuFlags(vcpu, set_to_cpumap(cpus, ncpus), live)
     elif field == "cputune.emulatorpin":
         ncpus = lv.host_cpu_count(dom.connect())
         cpus = parse_cpulist(value) if value else frozenset(range(ncpus))
