@@ -1,0 +1,605 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) hpcvirt.regime contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Virtual System Environments: the schema, the layer merge, provenance, digest and placement.
+
+A VSE is the description of the VM a user's work needs, assembled from ordered layers (vendor,
+site, node group, user, instance). Each layer is ``{"name": ..., "spec": {...}}``. The merge:
+
+* ``key: value`` sets the key; dicts merge recursively, scalars and lists are replaced;
+* ``key+: [items]`` adds to the list ``key``; in the keyed lists (``disks`` by ``dev``,
+  ``networks`` by ``name``) an item whose identity already exists is merged into it;
+* ``key-: [items]`` removes list elements (values, or identities / ``{dev: vdb}`` in keyed lists);
+* ``key-: null`` removes ``key`` itself.
+
+Everything here is pure (no libvirt, no files) so it runs on the controller (the ``vse_merge``
+filter) and on the node (the ``vse`` module) alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import re
+
+# Smallest guest memory accepted. A current x86_64 distribution kernel decompresses itself,
+# unpacks the initramfs and sets up its page tables and per-CPU areas in well under 64 MiB; below
+# that, direct kernel boot ends in an out-of-memory panic before userspace starts.
+MIN_MEMORY_MIB = 64
+
+DOMAIN_TYPES = ("kvm", "qemu")
+PLACEMENT_MODES = ("dedicated", "shared")
+NUMA_MODES = ("strict", "preferred", "interleave", "restrictive")
+DISK_BUSES = ("virtio", "scsi", "sata", "ide")
+HUGEPAGE_SIZES = {"2M": 2048, "2048K": 2048, "1G": 1048576, "1048576K": 1048576}
+KEYED_LISTS = {"disks": "dev", "networks": "name"}
+_XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+_DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class VseError(ValueError):
+    """A spec or layer that cannot be merged or validated; the message names key and layer."""
+
+
+# The schema: for each key its type and, for dicts, the keys allowed inside. Values: a type name,
+# or a dict for nested dicts, or ("list", item schema) for lists.
+SCHEMA = {
+    "name": "str",
+    "domain_type": "str",
+    "vcpus": "int",
+    "memory": "int",
+    "hugepages": "str",
+    "memory_locked": "bool",
+    "boot": {"kernel": "str", "initrd": "str", "cmdline": "str", "dev": "str"},
+    "disks": ("list", {
+        "dev": "str", "master": "str", "volume": "str", "overlay": "bool", "pool": "str",
+        "pool_dir": "str", "size": "int", "bus": "str", "format": "str", "readonly": "bool",
+    }),
+    "networks": ("list", {
+        "name": "str", "network": "str", "bridge": "str", "type": "str", "mac": "str", "model": "str",
+        "ip": "str", "ip_range": "str", "prefix": "int", "hostname": "str",
+    }),
+    "placement": {"mode": "str", "partition": "str", "cpu_shares": "int", "vcpu_quota": "int",
+                  "vcpu_period": "int"},
+    "emulator": {"cpus": "str"},
+    "numa": {"mode": "str", "nodeset": "str"},
+    "allowed_users": ("list", "str"),
+    "limits": {"cpu_quota": "int", "cpu_period": "int", "memory_hard_limit": "int",
+               "memory_soft_limit": "int"},
+    "console": {"path": "str"},
+    "metadata": "dict",
+}
+
+DEFAULTS = {
+    "domain_type": "kvm",
+    "vcpus": 1,
+    "memory": 512,
+    "memory_locked": False,
+    "boot": {"dev": "hd"},
+    "disks": [],
+    "networks": [],
+    "placement": {"mode": "shared"},
+    "emulator": {},
+    "numa": {},
+    "allowed_users": [],
+    "limits": {},
+    "console": {},
+    "metadata": {},
+}
+
+_PYTYPES = {"str": str, "int": int, "bool": bool, "dict": dict, "list": list}
+
+
+def split_operator(key):
+    """``"disks+"`` -> ("disks", "+"); ``"disks-"`` -> ("disks", "-"); ``"disks"`` -> ("disks", "")."""
+    if isinstance(key, str) and len(key) > 1 and key[-1] in "+-":
+        return key[:-1], key[-1]
+    return key, ""
+
+
+# --------------------------------------------------------------------------------------------
+# Checking one layer's keys against the schema (so an unknown key names the layer it came from)
+
+
+def check_layer_keys(spec, layer, schema=None, path=""):
+    """Raise VseError for the first key of ``spec`` that the schema does not know."""
+    schema = SCHEMA if schema is None else schema
+    if not isinstance(spec, dict):
+        raise VseError("layer '%s': %s must be a mapping, got %s" % (layer, path or "spec", type(spec).__name__))
+    for raw_key, value in spec.items():
+        key, op = split_operator(raw_key)
+        full = path + key
+        if key not in schema:
+            raise VseError("layer '%s': unknown key '%s' (known keys%s: %s)"
+                           % (layer, path + str(raw_key), " of " + path.rstrip(".") if path else "",
+                              ", ".join(sorted(schema))))
+        sub = schema[key]
+        if op == "-" and value is None:
+            continue
+        if op and not (isinstance(sub, tuple) and sub[0] == "list"):
+            if op == "+" or value is not None:
+                raise VseError("layer '%s': '%s%s' applies to lists only (use '%s-: null' to remove a key)"
+                               % (layer, full, op, full))
+        if isinstance(sub, dict) and value is not None and not op:
+            check_layer_keys(value, layer, sub, full + ".")
+        elif isinstance(sub, tuple) and isinstance(sub[1], dict) and isinstance(value, list):
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    check_layer_keys(item, layer, sub[1], "%s[%d]." % (full, index))
+
+
+# --------------------------------------------------------------------------------------------
+# The merge
+
+
+def _identity(listkey, item):
+    idkey = KEYED_LISTS.get(listkey)
+    if idkey is None:
+        return json.dumps(item, sort_keys=True)
+    if isinstance(item, dict):
+        return item.get(idkey)
+    return item  # a bare identity, as in ``disks-: [vdb]``
+
+
+def _merge_value(base, value):
+    if isinstance(base, dict) and isinstance(value, dict):
+        return merge_dicts(base, value)
+    return copy.deepcopy(value)
+
+
+def merge_dicts(base, overlay, path=""):
+    """``overlay`` applied to ``base`` with the operators of this module (``base`` is not changed)."""
+    result = copy.deepcopy(base)
+    for raw_key, value in overlay.items():
+        key, op = split_operator(raw_key)
+        if op == "-" and value is None:
+            result.pop(key, None)
+        elif op == "-":
+            result[key] = _remove_items(key, result.get(key) or [], value, path + key)
+        elif op == "+":
+            result[key] = _add_items(key, result.get(key) or [], value, path + key)
+        else:
+            result[key] = _merge_value(result.get(key), value)
+    return result
+
+
+def _as_list(value, where):
+    if not isinstance(value, list):
+        raise VseError("%s: '+' and '-' take a list, got %s" % (where, type(value).__name__))
+    return value
+
+
+def _add_items(key, current, items, where):
+    merged = list(copy.deepcopy(current))
+    for item in _as_list(items, where + "+"):
+        ident = _identity(key, item)
+        if key in KEYED_LISTS:
+            if ident is None:
+                raise VseError("%s+: every item needs '%s'" % (where, KEYED_LISTS[key]))
+            for index, existing in enumerate(merged):
+                if _identity(key, existing) == ident:
+                    merged[index] = merge_dicts(existing, item)
+                    break
+            else:
+                merged.append(copy.deepcopy(item))
+        elif ident not in [_identity(key, e) for e in merged]:
+            merged.append(copy.deepcopy(item))
+    return merged
+
+
+def _remove_items(key, current, items, where):
+    drop = set(_identity(key, item) for item in _as_list(items, where + "-"))
+    return [item for item in current if _identity(key, item) not in drop]
+
+
+def _normalise_layers(layers):
+    normalised = []
+    for index, layer in enumerate(layers or []):
+        if not isinstance(layer, dict):
+            raise VseError("layers[%d]: a layer is a mapping with 'name' and 'spec'" % index)
+        unknown = sorted(set(layer) - {"name", "spec"})
+        if unknown:
+            raise VseError("layers[%d]: unknown key '%s' (a layer has 'name' and 'spec')" % (index, unknown[0]))
+        name = str(layer.get("name") or "layer%d" % index)
+        spec = layer.get("spec") or {}
+        normalised.append((name, spec))
+    names = [name for name, _ in normalised]
+    for name in names:
+        if names.count(name) > 1:
+            raise VseError("layers: the layer name '%s' is used twice; names make provenance readable, "
+                           "give each layer its own" % name)
+    return normalised
+
+
+def merge_layers(layers):
+    """Merge ordered layers; return (spec, provenance: top-level key -> the layer that last set it)."""
+    spec = {}
+    provenance = {}
+    for name, layer_spec in _normalise_layers(layers):
+        check_layer_keys(layer_spec, name)
+        spec = merge_dicts(spec, layer_spec)
+        for raw_key in layer_spec:
+            key, op = split_operator(raw_key)
+            if key in spec:
+                provenance[key] = name
+            else:
+                provenance.pop(key, None)
+    return spec, provenance
+
+
+# --------------------------------------------------------------------------------------------
+# Validation of the merged spec
+
+
+def _type_error(key, expected, value, provenance):
+    origin = provenance.get(key.split(".")[0].split("[")[0])
+    where = " (set by layer '%s')" % origin if origin else ""
+    return VseError("%s: expected %s, got %r%s" % (key, expected, value, where))
+
+
+def _check_types(value, schema, path, provenance):
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            raise _type_error(path, "a mapping", value, provenance)
+        for key, item in value.items():
+            if item is None:
+                continue
+            _check_types(item, schema[key], "%s.%s" % (path, key) if path else key, provenance)
+    elif isinstance(schema, tuple):
+        if not isinstance(value, list):
+            raise _type_error(path, "a list", value, provenance)
+        for index, item in enumerate(value):
+            _check_types(item, schema[1], "%s[%d]" % (path, index), provenance)
+    else:
+        expected = _PYTYPES[schema]
+        ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+        if not ok:
+            raise _type_error(path, "a %s" % schema, value, provenance)
+
+
+def _choice(spec, key, value, choices, provenance):
+    if value not in choices:
+        raise _type_error(key, "one of %s" % ", ".join(choices), value, provenance)
+
+
+def hugepage_size_kib(value):
+    """``"2M"``/``"1G"``/``"2048"`` (KiB) -> KiB; VseError otherwise."""
+    text = str(value).strip().upper().replace("IB", "").replace("B", "")
+    if text in HUGEPAGE_SIZES:
+        return HUGEPAGE_SIZES[text]
+    if text.isdigit() and int(text) in HUGEPAGE_SIZES.values():
+        return int(text)
+    raise VseError("hugepages: '%s' is not a hugepage size (2M or 1G)" % value)
+
+
+def validate(spec, provenance=None, domain_name=None):
+    """The merged spec with defaults filled in, or VseError naming the bad key (and its layer)."""
+    provenance = provenance or {}
+    for key in spec:
+        if key not in SCHEMA:
+            raise VseError("unknown key '%s' (known keys: %s)" % (key, ", ".join(sorted(SCHEMA))))
+    full = copy.deepcopy(DEFAULTS)
+    for key, value in spec.items():
+        if value is None:
+            continue
+        full[key] = merge_dicts(full[key], value) if isinstance(full.get(key), dict) and isinstance(value, dict) \
+            else copy.deepcopy(value)
+    for key, value in list(full.items()):
+        if value is None:
+            full.pop(key)
+            continue
+        _check_types(value, SCHEMA[key], key, provenance)
+
+    full.setdefault("name", domain_name)
+    if not full.get("name"):
+        raise VseError("name: every VSE needs a name")
+    _choice(full, "domain_type", full["domain_type"], DOMAIN_TYPES, provenance)
+    if full["vcpus"] < 1:
+        raise _type_error("vcpus", "at least 1", full["vcpus"], provenance)
+    if full["memory"] < MIN_MEMORY_MIB:
+        raise VseError("memory: %d MiB is below the %d MiB a guest kernel needs to boot%s"
+                       % (full["memory"], MIN_MEMORY_MIB,
+                          " (set by layer '%s')" % provenance["memory"] if "memory" in provenance else ""))
+    if full.get("hugepages"):
+        size = hugepage_size_kib(full["hugepages"])
+        if (full["memory"] * 1024) % size:
+            raise VseError("memory: %d MiB is not a whole number of %s hugepages" % (full["memory"], full["hugepages"]))
+    _validate_boot(full["boot"], provenance)
+    _validate_disks(full["disks"], provenance)
+    _validate_networks(full["networks"], provenance)
+    _validate_placement(full["placement"], full["vcpus"], provenance)
+    if full["numa"].get("mode"):
+        _choice(full, "numa.mode", full["numa"]["mode"], NUMA_MODES, provenance)
+    for key, value in full["metadata"].items():
+        if not _XML_NAME.match(str(key)) or not isinstance(value, (str, int, float, bool)):
+            raise VseError("metadata.%s: metadata is a flat mapping of XML-name keys to scalar values" % key)
+    for user in full["allowed_users"]:
+        if "," in user or not user:
+            raise VseError("allowed_users: '%s' is not a user name" % user)
+    return full
+
+
+def _validate_boot(boot, provenance):
+    if boot.get("kernel"):
+        if not boot["kernel"].startswith("/"):
+            raise _type_error("boot.kernel", "an absolute path", boot["kernel"], provenance)
+        if boot.get("initrd") and not boot["initrd"].startswith("/"):
+            raise _type_error("boot.initrd", "an absolute path", boot["initrd"], provenance)
+    elif boot.get("initrd") or boot.get("cmdline"):
+        raise VseError("boot: initrd and cmdline need boot.kernel (direct kernel boot)")
+    _choice(boot, "boot.dev", boot.get("dev", "hd"), ("hd", "cdrom", "network"), provenance)
+
+
+def _validate_disks(disks, provenance):
+    seen = set()
+    for index, disk in enumerate(disks):
+        where = "disks[%d]" % index
+        dev = disk.get("dev")
+        if not dev or not re.match(r"^(vd|sd|hd)[a-z]+$", dev):
+            raise _type_error(where + ".dev", "a target device such as vda", dev, provenance)
+        if dev in seen:
+            raise VseError("%s.dev: '%s' is used by two disks" % (where, dev))
+        seen.add(dev)
+        if bool(disk.get("master")) == bool(disk.get("volume")):
+            raise VseError("%s (%s): give exactly one of 'master' (an overlay is made per instance) "
+                           "or 'volume' (a plain volume)" % (where, dev))
+        for key in ("master", "volume", "pool_dir"):
+            if disk.get(key) and not disk[key].startswith("/"):
+                raise _type_error("%s.%s" % (where, key), "an absolute path", disk[key], provenance)
+        _choice(disk, where + ".bus", disk.get("bus", "virtio"), DISK_BUSES, provenance)
+
+
+def _validate_networks(networks, provenance):
+    seen = set()
+    for index, net in enumerate(networks):
+        where = "networks[%d]" % index
+        name = net.get("name")
+        if not name:
+            raise VseError("%s.name: every network needs a name (the key that layers merge on)" % where)
+        if name in seen:
+            raise VseError("%s.name: '%s' is used by two networks" % (where, name))
+        seen.add(name)
+        kinds = [k for k in ("network", "bridge") if net.get(k)]
+        kind = net.get("type") or (kinds[0] if kinds else None)
+        if len(kinds) > 1 or kind not in ("network", "bridge", "user"):
+            raise VseError("%s (%s): give one of 'network' (a libvirt network), 'bridge' (a host bridge) "
+                           "or type: user" % (where, name))
+        if kind in ("network", "bridge") and not net.get(kind):
+            raise VseError("%s (%s): type %s needs '%s'" % (where, name, kind, kind))
+        if net.get("ip") and net.get("ip_range"):
+            raise VseError("%s (%s): give 'ip' or 'ip_range', not both" % (where, name))
+        if net.get("mac") and not re.match(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$", net["mac"]):
+            raise _type_error(where + ".mac", "a MAC address", net["mac"], provenance)
+
+
+def _validate_placement(placement, vcpus, provenance):
+    _choice(placement, "placement.mode", placement.get("mode"), PLACEMENT_MODES, provenance)
+    if placement["mode"] == "dedicated":
+        if not placement.get("partition"):
+            raise VseError("placement.partition: dedicated placement needs a partition name (or 'auto')")
+        for key in ("cpu_shares", "vcpu_quota", "vcpu_period"):
+            if placement.get(key) is not None:
+                raise VseError("placement.%s: applies to shared placement only (a dedicated guest owns its CPUs)" % key)
+    elif placement.get("partition"):
+        raise VseError("placement.partition: applies to dedicated placement only")
+    if placement.get("cpu_shares") is not None and not 2 <= placement["cpu_shares"] <= 262144:
+        raise _type_error("placement.cpu_shares", "2..262144", placement["cpu_shares"], provenance)
+    if placement.get("vcpu_quota") is not None and placement["vcpu_quota"] != -1 and placement["vcpu_quota"] < 1000:
+        raise _type_error("placement.vcpu_quota", "-1 or at least 1000 (microseconds)", placement["vcpu_quota"], provenance)
+
+
+def check_domain_name(name):
+    if not name or not _DOMAIN_NAME.match(name):
+        raise VseError("name: '%s' is not a domain name (letters, digits, '.', '_', '-')" % name)
+
+
+# --------------------------------------------------------------------------------------------
+# Digest
+
+
+def digest(spec):
+    """A short stable digest of a merged spec (what the guest's metadata records)."""
+    text = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def layer_names(layers):
+    return [name for name, _ in _normalise_layers(layers)]
+
+
+# --------------------------------------------------------------------------------------------
+# Placement helpers (pure; the placement planner of a later issue reuses them)
+
+
+def choose_dedicated_pins(vcpus, partition_cpus, taken, current=None):
+    """Host CPUs for vCPUs 0..vcpus-1 pinned 1:1 inside a partition.
+
+    ``taken``: CPUs other guests hold. ``current``: this guest's pins now (kept when still valid,
+    so a re-run never moves a guest). Returns a list, or None when the partition has too few free CPUs.
+    """
+    free = sorted(set(partition_cpus) - set(taken))
+    if current and len(current) >= vcpus:
+        keep = list(current[:vcpus])
+        if len(set(keep)) == vcpus and set(keep) <= set(free):
+            return keep
+    if len(free) < vcpus:
+        return None
+    return free[:vcpus]
+
+
+def emulator_cpus(partition_cpus, online, housekeeping=None):
+    """Where a dedicated guest's emulator threads go: housekeeping, else every CPU outside the partition."""
+    if housekeeping:
+        return frozenset(housekeeping)
+    outside = frozenset(online) - frozenset(partition_cpus)
+    return outside or frozenset(online)
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution: every choice made, ready for _domain.build_domain_xml
+
+DEFAULT_CONSOLE_DIR = "/var/lib/hpcvirt/console"
+
+
+def _fill(template, values):
+    """``{name}``, ``{hostname}``, ``{ip}``, ``{vse}`` in a kernel command line."""
+    out = template
+    for key, value in values.items():
+        out = out.replace("{%s}" % key, "" if value is None else str(value))
+    return out
+
+
+def resolve(name, spec, node, layers=(), current=None):
+    """The resolved VSE of domain ``name`` from a validated ``spec`` and what the node holds.
+
+    ``node``: ``partitions`` (name -> {"cpus": set, "mems": set}), ``online`` (set), ``housekeeping``
+    and ``pool`` (sets, or None without a layout file), ``taken_cpus`` (CPUs other guests are pinned
+    to 1:1), ``taken_ips`` (addresses other hpcvirt guests hold).
+    ``current``: this guest's owned view now (to keep its pins and addresses), or None.
+    Raises VseError for a placement or address the node cannot give.
+    """
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._address import (
+        AddressError, allocate_ip, range_prefix, stable_mac,
+    )
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import format_cpulist, parse_cpulist
+
+    current = current or {}
+    meta_now = current.get("metadata") or {}
+    resolved = {
+        "name": name,
+        "domain_type": spec["domain_type"],
+        "vcpus": spec["vcpus"],
+        "memory_kib": spec["memory"] * 1024,
+        "hugepages_kib": hugepage_size_kib(spec["hugepages"]) if spec.get("hugepages") else None,
+        "locked": bool(spec.get("memory_locked")),
+        "cputune": {},
+        "memtune": {},
+        "numatune": {},
+        "vcpu_cpuset": None,
+    }
+    placement = spec["placement"]
+    meta_placement = {"mode": placement["mode"]}
+    numa = spec.get("numa") or {}
+    if placement["mode"] == "dedicated":
+        part_name, pins = _dedicated(name, spec, node, current)
+        part = node["partitions"][part_name]
+        resolved["cputune"]["vcpupin"] = {str(i): str(cpu) for i, cpu in enumerate(pins)}
+        resolved["cputune"]["emulatorpin"] = format_cpulist(
+            emulator_cpus(part["cpus"], node["online"], node.get("housekeeping")))
+        resolved["numatune"] = {"mode": numa.get("mode") or "strict",
+                                "nodeset": numa.get("nodeset") or format_cpulist(part["mems"]) or None}
+        meta_placement["partition"] = part_name
+    else:
+        if node.get("pool"):
+            resolved["vcpu_cpuset"] = format_cpulist(node["pool"])
+        for key, xml_key in (("cpu_shares", "shares"), ("vcpu_quota", "quota"), ("vcpu_period", "period")):
+            if placement.get(key) is not None:
+                resolved["cputune"][xml_key] = placement[key]
+                if key != "vcpu_period":
+                    meta_placement[key] = placement[key]
+        if numa.get("mode"):
+            resolved["numatune"] = {"mode": numa["mode"], "nodeset": numa.get("nodeset")}
+    if (spec.get("emulator") or {}).get("cpus"):
+        resolved["cputune"]["emulatorpin"] = format_cpulist(parse_cpulist(spec["emulator"]["cpus"]))
+    limits = spec.get("limits") or {}
+    if limits.get("cpu_quota") is not None:
+        resolved["cputune"]["global_quota"] = limits["cpu_quota"]
+        resolved["cputune"]["global_period"] = limits.get("cpu_period") or 100000
+    for key in ("memory_hard_limit", "memory_soft_limit"):
+        if limits.get(key) is not None:
+            resolved["memtune"][key[len("memory_"):]] = limits[key] * 1024
+
+    interfaces, addresses, first_ip, hostname = [], {}, None, name
+    held = dict(meta_now.get("addresses") or {})
+    for index, net in enumerate(spec.get("networks") or []):
+        kind = net.get("type") or ("network" if net.get("network") else "bridge")
+        ip = net.get("ip")
+        if net.get("ip_range"):
+            try:
+                ip = allocate_ip(name, net["ip_range"], node.get("taken_ips") or (), held.get(net["name"]))
+            except (AddressError, ValueError) as exc:
+                raise VseError("networks[%d].ip_range (%s): %s" % (index, net["name"], exc))
+            prefix = net.get("prefix") or range_prefix(net["ip_range"])
+            if prefix:
+                ip = "%s/%d" % (ip, prefix)
+        if ip:
+            addresses[net["name"]] = ip.split("/")[0]
+            first_ip = first_ip or ip
+        if index == 0 and net.get("hostname"):
+            hostname = net["hostname"]
+        interfaces.append({"type": kind, "source": net.get(kind) if kind != "user" else None,
+                           "mac": (net.get("mac") or stable_mac(name, index)).lower(),
+                           "model": net.get("model") or "virtio"})
+    resolved["interfaces"] = interfaces
+
+    boot = spec.get("boot") or {}
+    values = {"name": name, "hostname": hostname, "ip": first_ip, "vse": spec["name"]}
+    resolved["os"] = {"kernel": boot.get("kernel"), "initrd": boot.get("initrd"),
+                      "cmdline": _fill(boot["cmdline"], values) if boot.get("cmdline") else None,
+                      "boot_dev": boot.get("dev") or "hd"}
+
+    overlays = {}
+    disks = []
+    for disk in spec.get("disks") or []:
+        entry = {"dev": disk["dev"], "bus": disk.get("bus") or "virtio", "readonly": bool(disk.get("readonly"))}
+        if disk.get("master"):
+            directory = disk.get("pool_dir") or os.path.dirname(disk["master"])
+            entry.update(path=os.path.join(directory, "%s-%s.qcow2" % (name, disk["dev"])), format="qcow2",
+                         master=disk["master"], pool=disk.get("pool"), pool_dir=directory, size=disk.get("size"))
+            overlays[disk["dev"]] = entry["path"]
+        else:
+            entry.update(path=disk["volume"], format=disk.get("format") or "qcow2")
+        disks.append(entry)
+    resolved["disks"] = disks
+    resolved["console_path"] = (spec.get("console") or {}).get("path") or "%s/%s.log" % (DEFAULT_CONSOLE_DIR, name)
+
+    metadata = {
+        "vse": {"name": spec["name"], "digest": digest(spec), "layers": ",".join(layers), "hostname": hostname},
+        "placement": meta_placement,
+    }
+    if addresses:
+        metadata["addresses"] = addresses
+    if overlays:
+        metadata["overlays"] = overlays
+    if spec.get("allowed_users"):
+        metadata["access"] = {"users": ",".join(spec["allowed_users"])}
+    if spec.get("metadata"):
+        metadata["meta"] = {str(k): str(v).lower() if isinstance(v, bool) else str(v)
+                            for k, v in spec["metadata"].items()}
+    resolved["metadata"] = metadata
+    resolved["addresses"] = addresses
+    resolved["hostname"] = hostname
+    return resolved
+
+
+def _dedicated(name, spec, node, current):
+    """(partition name, vCPU pins) for a dedicated guest, or VseError."""
+    wanted = spec["placement"]["partition"]
+    partitions = node.get("partitions") or {}
+    current_pins = None
+    pins_now = (current.get("cputune") or {}).get("vcpupin") or {}
+    if pins_now:
+        try:
+            current_pins = [int(pins_now[str(i)]) for i in range(len(pins_now))]
+        except (KeyError, ValueError):
+            current_pins = None
+    taken = node.get("taken_cpus") or frozenset()
+    if wanted != "auto":
+        if wanted not in partitions:
+            raise VseError("placement.partition: partition '%s' does not exist on this node (partitions: %s); "
+                           "create it with hpcvirt.regime.partition first"
+                           % (wanted, ", ".join(sorted(partitions)) or "none"))
+        pins = choose_dedicated_pins(spec["vcpus"], partitions[wanted]["cpus"], taken, current_pins)
+        if pins is None:
+            free = sorted(set(partitions[wanted]["cpus"]) - set(taken))
+            raise VseError("placement.partition: partition '%s' has %d free CPUs, guest '%s' needs %d"
+                           % (wanted, len(free), name, spec["vcpus"]))
+        return wanted, pins
+    for part_name in sorted(partitions):
+        pins = choose_dedicated_pins(spec["vcpus"], partitions[part_name]["cpus"], taken, current_pins)
+        if pins is not None:
+            return part_name, pins
+    raise VseError("placement.partition: no partition on this node has %d free CPUs for guest '%s' "
+                   "(partitions: %s)" % (spec["vcpus"], name, ", ".join(sorted(partitions)) or "none"))
