@@ -15,7 +15,6 @@ export PATH := $(VENV)/bin:$(PATH)
 .PHONY: demo test setup host venv image libvirt collection unit sanity lint integration clean
 
 demo: setup
-	python tools/testbed.py boot hpcvirt-demo --vcpus 2
 	ansible-playbook playbooks/demo.yml
 
 test: setup unit lint sanity integration
