@@ -268,7 +268,7 @@ def record_to_spec(record):
     """A layout file's record as a spec ``resolve`` accepts (the boot-time re-apply uses it)."""
     return {
         "housekeeping": record["housekeeping"],
-        "pool": record.get("pool") or "auto",
+        "pool": "auto" if record.get("pool_auto") else (record.get("pool") or "auto"),
         "partitions": [{"name": p["name"], "cpus": p["cpus"], "numa_nodes": p.get("mems") or None,
                         "hugepages": ({"size": "%dk" % p["hugepages"]["size_kb"], "count": p["hugepages"]["count"]}
                                       if p.get("hugepages") else None),
@@ -309,13 +309,13 @@ def kernel_args_needed(layout, cmdline):
 # Current state
 
 
-def observe(topology, cgroups, layout_file, guest_pins=None, irq_root=_irq.IRQ_ROOT, probe_irqs=False,
-            proc_root="/"):
+def observe(topology, cgroups, layout_file, guest_pins=None, probe_irqs=False, root="/"):
     """What the plan starts from: cgroups below the machine cgroup, hugepages, IRQs, the layout file.
 
     ``probe_irqs`` learns which IRQs refuse a new affinity (by rewriting each one's unchanged
     affinity), only asked for when IRQ steering is.
     """
+    irq_root = os.path.join(root, "proc/irq")
     irqs = _irq.read_affinities(irq_root)
     unmovable = sorted((irq for irq, cpus in irqs.items() if not _irq.movable(irq, cpus, irq_root)),
                        key=_irq.sort_key) if probe_irqs else []
@@ -337,7 +337,9 @@ def observe(topology, cgroups, layout_file, guest_pins=None, irq_root=_irq.IRQ_R
         "hugepages": _hugepages.read_node_pools(topology),
         "irqs": irqs,
         "irq_unmovable": unmovable,
-        "per_cpu_irqs": _irq.per_cpu_interrupts(proc_root),
+        "per_cpu_irqs": _irq.per_cpu_interrupts(root),
+        "root": root,
+        "irq_root": irq_root,
         "record": layout_file,
         "guest_pins": guest_pins or {},
     }
@@ -375,6 +377,25 @@ def check_hugepages(targets, current, topology):
             raise LayoutError(
                 "partitions: hugepages: NUMA node %d needs %d more %d kB pages (%d MiB) but has only "
                 "%d MiB free" % (node, target - have, size_kb, extra_kb // 1024, free_kb // 1024))
+
+
+def prepare(spec, topology, cgroups, record, guest_pins, root="/"):
+    """Resolve ``spec`` (None: no partitions at all), read the node, and run every guard.
+
+    Returns ``(layout, current)``; raises ``LayoutError`` before anything is changed.
+    """
+    have = {name: cgroup.cpus for name, cgroup in cgroups.partitions().items()}
+    layout = resolve(spec, topology, have) if spec is not None else None
+    current = observe(topology, cgroups, record, guest_pins=guest_pins,
+                      probe_irqs=bool(layout and layout["irq_steering"]), root=root)
+    removing = set(current["partitions"]) - {p["name"] for p in (layout["partitions"] if layout else [])}
+    check_running_guests(layout, current, removing)
+    for name in sorted(removing):
+        if current["partitions"][name]["tasks"]:
+            raise LayoutError("partitions: partition '%s' still has tasks in %s; move its guests out with "
+                              "the placement module first" % (name, current["partitions"][name]["path"]))
+    check_hugepages(hugepage_targets(layout, current), current, topology)
+    return layout, current
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,7 +450,7 @@ def build_plan(layout, current, layout_path, record_extra=None):
                               if machine["exists"] else None)
 
     for (node, size_kb), target in sorted(hugepage_targets(layout, current).items()):
-        plan.add("hugepages", _hugepages.node_path(node, size_kb),
+        plan.add("hugepages", _hugepages.node_path(node, size_kb, current["root"]),
                  current["hugepages"].get(node, {}).get(size_kb, 0), target, node=node, size_kb=size_kb)
 
     # Machine cgroup: pool and every partition (a guest pinned into a partition must be allowed by
@@ -509,7 +530,7 @@ def build_plan(layout, current, layout_path, record_extra=None):
             if irq in current.get("irq_unmovable", ()):
                 irq_report["unmovable"].append(irq)
             else:
-                plan.add("irq_affinity", _irq.affinity_path(irq), format_cpulist(cpus),
+                plan.add("irq_affinity", _irq.affinity_path(irq, current["irq_root"]), format_cpulist(cpus),
                          format_cpulist(layout["housekeeping"]), irq=irq)
                 irq_restore.setdefault(irq, format_cpulist(cpus))
                 irq_report["steered"].append(irq)
@@ -517,7 +538,7 @@ def build_plan(layout, current, layout_path, record_extra=None):
         for irq, original in sorted(irq_restore.items(), key=lambda kv: _irq.sort_key(kv[0])):
             cpus = current["irqs"].get(irq)
             if cpus is not None and format_cpulist(cpus) != original:
-                plan.add("irq_affinity", _irq.affinity_path(irq), format_cpulist(cpus), original, irq=irq)
+                plan.add("irq_affinity", _irq.affinity_path(irq, current["irq_root"]), format_cpulist(cpus), original, irq=irq)
         irq_restore = {}
 
     if layout:

@@ -300,28 +300,15 @@ def main():
 
     try:
         spec = desired_spec(params, record, topology)
-        current_parts = {}
-        for name, cgroup in cgroups.partitions().items():
-            current_parts[name] = cgroup.cpus
-        layout = part.resolve(spec, topology, current_parts) if spec is not None else None
-        if layout is not None and params["state"] == "present":
-            record_auto = params["pool"] in (None, "auto")
-        else:
-            record_auto = bool(record and record.get("pool_auto"))
         with timings.measure("read_guests"):
             pins = running_guest_pins(module)
-        probe = bool(layout and layout["irq_steering"])
-        current = part.observe(topology, cgroups, record, guest_pins=pins, probe_irqs=probe)
-        removing = set(current["partitions"]) - {p["name"] for p in (layout["partitions"] if layout else [])}
-        part.check_running_guests(layout, current, removing)
-        for name in sorted(removing):
-            if current["partitions"][name]["tasks"]:
-                raise part.LayoutError("partitions: partition '%s' still has tasks in %s; move its guests "
-                                       "out with the placement module first" % (name, current["partitions"][name]["path"]))
-        targets = part.hugepage_targets(layout, current)
-        part.check_hugepages(targets, current, topology)
+        layout, current = part.prepare(spec, topology, cgroups, record, pins)
     except part.LayoutError as exc:
         module.fail_json(msg=str(exc), changed=False)
+    if layout is not None and params["state"] == "present":
+        record_auto = params["pool"] in (None, "auto")
+    else:
+        record_auto = bool(record and record.get("pool_auto"))
 
     plan, report = part.build_plan(layout, current, params["layout_file"], record_extra={"pool_auto": record_auto})
 
