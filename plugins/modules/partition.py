@@ -252,9 +252,14 @@ def running_guest_pins(module):
     """vCPU pins of every running guest, to refuse taking a partition's CPUs from under one."""
     conn = lv.open_connection(module)
     pins = {}
-    with lv.libvirt_errors(module, "uri: reading running guests' vCPU pins"):
-        for dom in conn.listAllDomains(lv.libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+    with lv.libvirt_errors(module, "uri: listing running guests"):
+        domains = conn.listAllDomains(lv.libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+    for dom in domains:
+        try:
             pins[dom.name()] = [cpumap_to_set(m) for m in dom.vcpuPinInfo(lv.libvirt.VIR_DOMAIN_AFFECT_LIVE)]
+        except lv.libvirt.libvirtError:
+            # The guest stopped since it was listed: it is pinned to nothing any more.
+            continue
     conn.close()
     return pins
 
