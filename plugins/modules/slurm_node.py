@@ -38,7 +38,7 @@ options:
       - C(drained) sets the drain flag with O(reason); running jobs go on (see O(wait)). A node
         already drained with another reason gets the new reason.
       - C(resumed) clears a drain (or a C(DOWN) state) with C(state=resume). A node that does not
-        respond, or whose state Slurm does not know, is never resumed: the module fails instead.
+        respond, or whose state Slurm does not know, is never resumed; the module fails instead.
       - Omitted, the drain state is left as it is (read the node, or set features only).
     type: str
     choices: [drained, resumed]
