@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from conftest import run_module, run_playbook
+from conftest import ROOT, run_module, run_playbook
 
 CPUSET = "/sys/fs/cgroup/cpuset"
 MACHINE = os.path.join(CPUSET, "machine")
@@ -72,7 +72,7 @@ def restore_node():
 
 def role_play(state="present", check=False):
     """The partition role with the local inventory's group_vars, saving its module result."""
-    out = "/work/wt/partition/.build/tmp/role-%s.json" % uuid.uuid4().hex[:8]
+    out = os.path.join(ROOT, ".build", "tmp", "role-%s.json" % uuid.uuid4().hex[:8])
     play = """
         - name: Partition role
           hosts: hpc_nodes
