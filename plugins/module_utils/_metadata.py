@@ -55,6 +55,19 @@ def build_metadata(data):
     return ElementTree.tostring(root, encoding="unicode")
 
 
+def build_metadata_for_libvirt(data):
+    """The hpcvirt element as ``setMetadata`` takes it: unqualified, libvirt adds the namespace.
+
+    (A prefixed element that declares its namespace makes libvirt fail with "failed to create a
+    new XML namespace".)
+    """
+    root = ElementTree.Element(ROOT)
+    for key in sorted(data):
+        attrs = {k: str(v) for k, v in sorted(data[key].items()) if v is not None}
+        ElementTree.SubElement(root, key, attrs)
+    return ElementTree.tostring(root, encoding="unicode")
+
+
 def read_domain_metadata(dom, flags=0):
     """hpcvirt metadata of a libvirt domain; {} when it has none."""
     import libvirt  # only called with a live domain, where libvirt is present
@@ -71,4 +84,4 @@ def write_domain_metadata(dom, data, flags):
     """Replace the hpcvirt metadata of ``dom`` for the live and/or persistent definition."""
     import libvirt
 
-    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, build_metadata(data), PREFIX, NAMESPACE, flags)
+    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, build_metadata_for_libvirt(data), PREFIX, NAMESPACE, flags)
