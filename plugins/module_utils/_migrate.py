@@ -428,7 +428,11 @@ def apply_placement(libvirt, dom, desired, changes):
             dom.pinEmulator(set_to_cpumap(parse_cpulist(desired["emulator_pin"]), nr_cpus), both)
     scheduler = {k: v for k, v in desired["scheduler"].items() if k in changes}
     if scheduler:
-        dom.setSchedulerParametersFlags(scheduler, both)
+        # One call per definition: the Python binding reads the parameter types first, and that
+        # read takes LIVE or CONFIG, not both.
+        dom.setSchedulerParametersFlags(scheduler, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if persistent:
+            dom.setSchedulerParametersFlags(scheduler, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
 
 
 def flags_value(libvirt, names):

@@ -466,6 +466,7 @@ def migrate_and_place(module, libvirt, source_conn, dest_conn, source, dest, pla
                 recover_attempts=p["postcopy_recover_attempts"])
         except mg.MigrationError as exc:
             result["postcopy"] = exc.detail
+            result["changed"] = exc.guest_on != "source"
             where = {"source": "it is still running on the source %s" % result["source"]["hostname"],
                      "postcopy_failed": "it is paused in a failed post-copy on both nodes",
                      "nowhere": "it is no longer running on the source",

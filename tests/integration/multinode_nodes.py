@@ -99,3 +99,46 @@ def wait_until(predicate, timeout=60, what="condition"):
             return value
         time.sleep(0.1)
     raise TimeoutError("%s not reached within %ss" % (what, timeout))
+
+
+# pytest fixtures: test modules import them (``from multinode_nodes import multinode``).
+try:
+    import pytest
+except ImportError:  # the benchmark imports this module without pytest
+    pytest = None
+
+if pytest is not None:
+
+    @pytest.fixture(scope="session")
+    def multinode():
+        """hpcvirt-node2 running for the session (started here, stopped afterwards)."""
+        nodes("start")
+        yield {"node1": NODE1, "node2": NODE2}
+        nodes("stop")
+
+    @pytest.fixture
+    def two_nodes(multinode):
+        """Both nodes' connections; node2 restarted first if an earlier test killed it."""
+        nodes("start")
+        conns = [libvirt.open(NODE1), libvirt.open(NODE2)]
+        yield conns
+        for conn in conns:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass
+
+    @pytest.fixture
+    def movable_guest(two_nodes):
+        """Factory: boot a movable guest on node 1; removed from every node afterwards."""
+        made = []
+
+        def boot(name, **kwargs):
+            made.append(name)
+            return boot_shared(two_nodes[0], name, **kwargs)
+
+        yield boot
+        nodes("start")
+        conns = [libvirt.open(NODE1), libvirt.open(NODE2)]
+        for name in made:
+            remove_everywhere(conns, name)
