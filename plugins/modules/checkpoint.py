@@ -70,7 +70,7 @@ notes:
   - Reverting external snapshots arrived in libvirt 9.7. On an older libvirt (Debian 12 has 9.0,
     which refuses with "revert to external snapshot not supported yet") the module reverts itself
     in the case libvirt 9.7 handles simply - the snapshot has no children and its overlays are the
-    guest's current disks: it stops the guest, replaces the overlays by empty ones on the
+    guest's current disks. It stops the guest, replaces the overlays by empty ones on the
     snapshot-time images and restores the snapshot's memory image into them. Anything else is
     refused with the reason, and nothing changes.
 seealso:

@@ -17,7 +17,7 @@ description:
     or free hugepages for a hugepage-backed guest, and shared pool CPUs within the vCPU
     overcommit); otherwise the module fails and nothing changes. Check mode performs exactly this
     verification and reports the plan.
-  - On arrival the guest gets the destination's shared placement (O(placement=shared)): every vCPU
+  - On arrival the guest gets the destination's shared placement (O(placement=shared)) - every vCPU
     and the emulator threads float over the destination's pool CPUs, and C(cpu_shares) /
     C(vcpu_quota) come from the options or from the guest's hpcvirt placement metadata. The
     hpcvirt C(migration) metadata records where the guest came from and its home node.
@@ -60,7 +60,7 @@ options:
     type: str
   socket_dir:
     description:
-      - Migrate over UNIX sockets named after the guest in this directory (mode 1777: QEMU runs
+      - Migrate over UNIX sockets named after the guest in this directory (mode 1777, QEMU runs
         unprivileged), for nodes that share the machine or a file system.
     type: path
   disks:
