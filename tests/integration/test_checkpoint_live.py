@@ -1,7 +1,10 @@
 """Preempt/resume and external snapshots of a real guest on the real libvirtd."""
 
+import glob
 import os
 import time
+
+import pytest
 
 import libvirt
 
@@ -59,7 +62,16 @@ def test_resume_refuses_to_boot_afresh(conn, guest_factory):
     assert not conn.lookupByName(name).isActive()
 
 
-def test_snapshot_create_revert_delete(conn, guest_factory):
+@pytest.fixture
+def snapshot_files():
+    """Snapshot files of hpcvirt-mig-snap are removed even when the test fails half-way."""
+    pattern = os.path.join(testbed.INSTANCE_DIR, "hpcvirt-mig-snap.*.*")
+    yield pattern
+    for path in glob.glob(pattern):
+        os.unlink(path)
+
+
+def test_snapshot_create_revert_delete(conn, guest_factory, snapshot_files):
     name = "hpcvirt-mig-snap"
     guest_factory(name)
     testbed.wait_for_beats(name, 3)
