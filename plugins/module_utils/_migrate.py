@@ -1,0 +1,570 @@
+# -*- coding: utf-8 -*-
+# Copyright (c) hpcvirt.regime contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Live migration of a guest between nodes, and the choice of where guests go.
+
+The pure part (unit-tested without libvirt): where a guest is (``locate``), the flags and typed
+parameters of a migration, the destination's capacity for a guest, the shared placement it gets
+on arrival, libvirt's job statistics in milliseconds and bytes, when to switch to post-copy, and
+the destination of every guest of an evacuation (``choose_destinations``, ``spread`` or ``pack``).
+
+The live part drives libvirt: ``read_needs`` and ``read_destination`` ask the two daemons,
+``migrate_guest`` runs ``migrateToURI3`` (peer-to-peer: the source daemon talks to the destination
+daemon itself) while a watcher thread follows the job, ``apply_placement`` pins the arrived guest.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from xml.etree import ElementTree
+
+from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
+    cpumap_to_set,
+    format_cpulist,
+    parse_cpulist,
+    set_to_cpumap,
+)
+
+DISK_MODES = ("shared", "copy", "copy_incremental")
+PLACEMENTS = ("shared", "keep")
+STRATEGIES = ("spread", "pack")
+
+
+class MigrationError(Exception):
+    """A migration that did not happen, with where the guest is now."""
+
+    def __init__(self, msg, guest_on=None, detail=None):
+        super().__init__(msg)
+        self.guest_on = guest_on
+        self.detail = detail or {}
+
+
+# --------------------------------------------------------------------------------- pure logic
+
+
+def locate(source, destination):
+    """What to do given the guest's presence on both nodes.
+
+    ``source``/``destination`` are None (no such domain) or dicts with ``active``, ``persistent``,
+    ``uuid`` and ``managed_save``. Returns one of:
+    ``migrate`` (live, it runs on the source), ``migrate_offline`` (defined, shut off on the source),
+    ``finish`` (it runs on the destination; the source still has a stale definition to remove),
+    ``arrived`` (it runs on the destination only: nothing to move),
+    or raises MigrationError naming why nothing can be done.
+    """
+    if source is None and destination is None:
+        raise MigrationError("name: the guest is defined neither on the source nor on the destination")
+    if source is not None and destination is not None and source["uuid"] != destination["uuid"]:
+        raise MigrationError(
+            "name: the destination already has a different domain of this name (uuid %s, the guest is %s)"
+            % (destination["uuid"], source["uuid"]), guest_on="source")
+    if destination is not None and destination["active"]:
+        if source is not None and source["active"]:
+            raise MigrationError("name: the guest is active on both nodes (a migration is in progress?)",
+                                 guest_on="both")
+        return "finish" if source is not None else "arrived"
+    if source is None:
+        raise MigrationError("name: the guest is only defined (shut off) on the destination; start it there",
+                             guest_on="destination")
+    if source["active"]:
+        return "migrate"
+    if source.get("managed_save"):
+        raise MigrationError("name: the guest is preempted (managed save image) on the source; resume it "
+                             "with hpcvirt.regime.checkpoint before migrating", guest_on="source")
+    return "migrate_offline"
+
+
+def migration_flag_names(action, disks="shared", unsafe=False, auto_converge=False, postcopy=False,
+                         persistent_source=True):
+    """Names of the VIR_MIGRATE_* flags for ``action`` (``migrate`` or ``migrate_offline``)."""
+    names = ["VIR_MIGRATE_PEER2PEER", "VIR_MIGRATE_PERSIST_DEST"]
+    if persistent_source:
+        names.append("VIR_MIGRATE_UNDEFINE_SOURCE")
+    if action == "migrate_offline":
+        return names + ["VIR_MIGRATE_OFFLINE"]
+    names.insert(0, "VIR_MIGRATE_LIVE")
+    if disks == "copy":
+        names.append("VIR_MIGRATE_NON_SHARED_DISK")
+    elif disks == "copy_incremental":
+        names.append("VIR_MIGRATE_NON_SHARED_INC")
+    if unsafe:
+        names.append("VIR_MIGRATE_UNSAFE")
+    if auto_converge:
+        names.append("VIR_MIGRATE_AUTO_CONVERGE")
+    if postcopy:
+        names.append("VIR_MIGRATE_POSTCOPY")
+    return names
+
+
+def socket_uri(directory, name, suffix=""):
+    """A ``unix://`` migration URI for a socket in ``directory`` named after the guest."""
+    return "unix://%s/%s%s.sock" % (directory.rstrip("/"), name, suffix)
+
+
+def migration_params(name, migrate_uri=None, socket_dir=None, bandwidth=None, bandwidth_postcopy=None,
+                     disks="shared", copy_disks=(), disks_uri=None, auto_converge_initial=None,
+                     auto_converge_increment=None):
+    """Typed parameters of ``migrateToURI3`` keyed by libvirt's parameter names.
+
+    Without ``migrate_uri`` or ``socket_dir`` libvirt picks the transport (TCP to the destination's
+    host name); ``socket_dir`` gives per-guest UNIX sockets, which is how nodes sharing one machine
+    (or one file system) migrate.
+    """
+    params = {}
+    if migrate_uri:
+        params["migrate_uri"] = migrate_uri
+    elif socket_dir:
+        params["migrate_uri"] = socket_uri(socket_dir, name)
+    if bandwidth:
+        params["bandwidth"] = int(bandwidth)
+    if bandwidth_postcopy:
+        params["bandwidth.postcopy"] = int(bandwidth_postcopy)
+    if disks != "shared":
+        if copy_disks:
+            params["migrate_disks"] = list(copy_disks)
+        if disks_uri:
+            params["disks_uri"] = disks_uri
+        elif socket_dir:
+            params["disks_uri"] = socket_uri(socket_dir, name, "-disks")
+    if auto_converge_initial is not None:
+        params["auto_converge.initial"] = int(auto_converge_initial)
+    if auto_converge_increment is not None:
+        params["auto_converge.increment"] = int(auto_converge_increment)
+    return params
+
+
+def check_capacity(need, dest, reserve_memory_mb=0, vcpu_overcommit=0.0):
+    """Problems (list of str, empty when it fits) of putting a guest that needs ``need`` on ``dest``.
+
+    ``need``: memory_kb, vcpus, hugepages_kb (page size or None), hugepages (count).
+    ``dest``: free_memory_kb, pool (set of CPUs), active_vcpus (of guests already there),
+    free_hugepages ({page size kb: free count}).
+    Memory: the guest's memory plus ``reserve_memory_mb`` must be free (hugepage-backed guests need
+    free hugepages of their size instead). CPUs: the pool must not be empty and, with
+    ``vcpu_overcommit`` > 0, the vCPUs on the pool after arrival must not exceed
+    ``vcpu_overcommit`` x pool CPUs.
+    """
+    problems = []
+    if need.get("hugepages_kb"):
+        free = dest.get("free_hugepages", {}).get(need["hugepages_kb"], 0)
+        if free < need["hugepages"]:
+            problems.append("the guest needs %d free %d KiB hugepages, the destination has %d"
+                            % (need["hugepages"], need["hugepages_kb"], free))
+    else:
+        wanted = need["memory_kb"] + reserve_memory_mb * 1024
+        if dest["free_memory_kb"] < wanted:
+            problems.append("the guest needs %d MiB of memory (%d MiB + %d MiB kept free), the destination has "
+                            "%d MiB free" % (wanted // 1024, need["memory_kb"] // 1024, reserve_memory_mb,
+                                             dest["free_memory_kb"] // 1024))
+    pool = dest["pool"]
+    if not pool:
+        problems.append("the destination has no shared pool CPUs for a time-shared guest")
+    elif vcpu_overcommit and vcpu_overcommit > 0:
+        after = dest.get("active_vcpus", 0) + need["vcpus"]
+        limit = vcpu_overcommit * len(pool)
+        if after > limit:
+            problems.append("%d vCPUs would float over %d pool CPUs (%s), more than the overcommit of %g allows "
+                            "(%d)" % (after, len(pool), format_cpulist(pool), vcpu_overcommit, int(limit)))
+    return problems
+
+
+def shared_placement(pool, vcpus_max, cpu_shares=None, vcpu_quota=None):
+    """Desired shared placement: every vCPU and the emulator float over the pool."""
+    cpus = format_cpulist(pool)
+    desired = {"vcpu_pins": {str(i): cpus for i in range(vcpus_max)}, "emulator_pin": cpus, "scheduler": {}}
+    if cpu_shares is not None:
+        desired["scheduler"]["cpu_shares"] = int(cpu_shares)
+    if vcpu_quota is not None:
+        desired["scheduler"]["vcpu_quota"] = int(vcpu_quota)
+    return desired
+
+
+def placement_changes(current, desired):
+    """{what: (before, after)} for every part of the placement that differs."""
+    changes = {}
+    for vcpu, cpus in sorted(desired["vcpu_pins"].items(), key=lambda kv: int(kv[0])):
+        have = current.get("vcpu_pins", {}).get(vcpu)
+        if have is None or parse_cpulist(have) != parse_cpulist(cpus):
+            changes["vcpu %s" % vcpu] = (have, cpus)
+    have = current.get("emulator_pin")
+    if have is None or parse_cpulist(have) != parse_cpulist(desired["emulator_pin"]):
+        changes["emulator"] = (have, desired["emulator_pin"])
+    if current.get("scheduler") is None:
+        return changes  # the node cannot have scheduler parameters; see scheduler_unsupported()
+    for key, value in sorted(desired["scheduler"].items()):
+        have = current["scheduler"].get(key)
+        if have != value:
+            changes[key] = (have, value)
+    return changes
+
+
+def scheduler_unsupported(current, desired):
+    """A warning when scheduler parameters are wanted on a node that cannot have them, else None."""
+    if current.get("scheduler") is None and desired["scheduler"]:
+        return ("%s not applied: the destination has no cpu cgroup controller for libvirt, so it has no "
+                "scheduler parameters" % ", ".join(sorted(desired["scheduler"])))
+    return None
+
+
+def placement_from_metadata(metadata, cpu_shares=None, vcpu_quota=None):
+    """cpu_shares and vcpu_quota: the options win, else the guest's hpcvirt placement element."""
+    element = (metadata or {}).get("placement", {})
+
+    def pick(option, key):
+        if option is not None:
+            return option
+        try:
+            return int(element[key]) if element.get(key) not in (None, "") else None
+        except ValueError:
+            return None
+
+    return pick(cpu_shares, "cpu_shares"), pick(vcpu_quota, "vcpu_quota")
+
+
+def should_start_postcopy(stats, elapsed_ms, after_iterations, after_ms):
+    """Switch a running pre-copy migration to post-copy when it does not converge.
+
+    Not converging: more than ``after_iterations`` passes over memory, or longer than ``after_ms``.
+    Only once the job is past setup (some memory sent).
+    """
+    if not stats or stats.get("memory_processed", 0) <= 0:
+        return False
+    if after_iterations and stats.get("memory_iteration", 0) > after_iterations:
+        return True
+    return bool(after_ms) and elapsed_ms >= after_ms
+
+
+def normalise_job_stats(raw):
+    """libvirt's completed job statistics as stable keys in ms and bytes (None when not reported)."""
+    raw = raw or {}
+
+    def get(key):
+        value = raw.get(key)
+        return int(value) if value is not None else None
+
+    return {
+        "downtime_ms": get("downtime"),
+        "downtime_net_ms": get("downtime_net"),
+        "total_ms": get("time_elapsed"),
+        "setup_ms": get("setup_time"),
+        "data_total_bytes": get("data_total"),
+        "data_transferred_bytes": get("data_processed"),
+        "memory_transferred_bytes": get("memory_processed"),
+        "memory_bps": get("memory_bps"),
+        "memory_iterations": get("memory_iteration"),
+        "memory_dirty_rate_pps": get("memory_dirty_rate"),
+        "postcopy_requests": get("memory_postcopy_requests"),
+        "disk_total_bytes": get("disk_total"),
+        "disk_transferred_bytes": get("disk_processed"),
+        "auto_converge_throttle": get("auto_converge_throttle"),
+    }
+
+
+def choose_destinations(guests, nodes, strategy="spread", reserve_memory_mb=0, vcpu_overcommit=0.0):
+    """Where each guest of an evacuation goes.
+
+    ``guests``: list of dicts name, memory_kb, vcpus (largest placed first, so that what fits
+    least is not left for last). ``nodes``: list of dicts name, free_memory_kb, pool (set),
+    active_vcpus. ``spread`` puts each guest on the node with the most free memory left,
+    ``pack`` on the node with the least that still fits (filling nodes one by one).
+    Returns ({guest: node}, [guests that fit nowhere]); a guest that fits nowhere is to be
+    preempted. The node figures are updated as guests are placed, so the plan holds as a whole.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError("strategy must be one of %s, not %r" % (", ".join(STRATEGIES), strategy))
+    state = {n["name"]: {"free_memory_kb": n["free_memory_kb"], "pool": frozenset(n["pool"]),
+                         "active_vcpus": n.get("active_vcpus", 0), "free_hugepages": {}} for n in nodes}
+    order = sorted(guests, key=lambda g: (-g["memory_kb"], -g["vcpus"], g["name"]))
+    placed, homeless = {}, []
+    for guest in order:
+        need = {"memory_kb": guest["memory_kb"], "vcpus": guest["vcpus"], "hugepages_kb": None}
+        fitting = [name for name in sorted(state)
+                   if not check_capacity(need, state[name], reserve_memory_mb, vcpu_overcommit)]
+        if not fitting:
+            homeless.append(guest["name"])
+            continue
+
+        def load(name):
+            node = state[name]
+            return (node["active_vcpus"] / float(max(len(node["pool"]), 1)), -node["free_memory_kb"])
+
+        if strategy == "spread":
+            chosen = min(fitting, key=lambda n: (-state[n]["free_memory_kb"], load(n), n))
+        else:
+            chosen = min(fitting, key=lambda n: (state[n]["free_memory_kb"], n))
+        placed[guest["name"]] = chosen
+        state[chosen]["free_memory_kb"] -= guest["memory_kb"]
+        state[chosen]["active_vcpus"] += guest["vcpus"]
+    return placed, sorted(homeless)
+
+
+def guest_needs_from_xml(xml_text):
+    """Memory (KiB), vCPUs and hugepages a guest needs, from its domain XML."""
+    root = ElementTree.fromstring(xml_text)
+    memory = root.find("memory")
+    unit = memory.get("unit", "KiB") if memory is not None else "KiB"
+    memory_kb = _to_kib(int(memory.text), unit) if memory is not None else 0
+    vcpu = root.find("vcpu")
+    maximum = int(vcpu.text) if vcpu is not None else 1
+    current = int(vcpu.get("current", maximum)) if vcpu is not None else 1
+    page = root.find("memoryBacking/hugepages/page")
+    hugepages_kb = None
+    if root.find("memoryBacking/hugepages") is not None:
+        hugepages_kb = _to_kib(int(page.get("size")), page.get("unit", "KiB")) if page is not None else 2048
+    return {
+        "memory_kb": memory_kb,
+        "vcpus": current,
+        "vcpus_max": maximum,
+        "hugepages_kb": hugepages_kb,
+        "hugepages": (memory_kb // hugepages_kb) if hugepages_kb else 0,
+        "writable_disks": [
+            disk.find("target").get("dev") for disk in root.findall("devices/disk")
+            if disk.get("device", "disk") == "disk" and disk.find("readonly") is None
+            and disk.find("target") is not None and disk.find("source") is not None
+        ],
+    }
+
+
+_UNITS = {"b": 1.0 / 1024, "bytes": 1.0 / 1024, "k": 1, "kib": 1, "kb": 1000.0 / 1024, "m": 1024,
+          "mib": 1024, "mb": 1000.0 * 1000 / 1024, "g": 1024 * 1024, "gib": 1024 * 1024}
+
+
+def _to_kib(value, unit):
+    return int(value * _UNITS.get((unit or "KiB").lower(), 1))
+
+
+# --------------------------------------------------------------------------------- libvirt
+
+
+def domain_presence(libvirt, conn, name):
+    """None, or active/persistent/uuid/managed_save/state of the domain ``name`` on ``conn``."""
+    try:
+        dom = conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+    state, reason = dom.state()
+    return {
+        "dom": dom,
+        "active": bool(dom.isActive()),
+        "persistent": bool(dom.isPersistent()),
+        "uuid": dom.UUIDString(),
+        "managed_save": bool(dom.hasManagedSaveImage(0)),
+        "state": state,
+        "reason": reason,
+    }
+
+
+def host_uuid(conn):
+    """The host UUID in libvirt's capabilities (migration refuses equal source and destination UUIDs)."""
+    return ElementTree.fromstring(conn.getCapabilities()).findtext("host/uuid")
+
+
+def read_destination(libvirt, conn, pool=None):
+    """Free memory, pool CPUs and vCPUs already running, as the destination's libvirtd reports them.
+
+    The pool is ``pool`` when the caller knows it (node_info of the destination, layout.pool);
+    otherwise every online CPU libvirt reports, which is the pool of a node that was never carved
+    into partitions.
+    """
+    online = cpumap_to_set(conn.getCPUMap()[1])
+    pool_cpus = (parse_cpulist(pool) & online) if pool is not None else online
+    active_vcpus = 0
+    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+        active_vcpus += dom.info()[3]
+    free_hugepages = {}
+    try:
+        for size_kb in (2048, 1048576):
+            cells = conn.getFreePages([size_kb], -1, 1, 0) or {}
+            free_hugepages[size_kb] = sum(cell.get(size_kb, 0) for cell in cells.values())
+    except libvirt.libvirtError:
+        pass
+    return {
+        "hostname": conn.getHostname(),
+        "uri": conn.getURI(),
+        "free_memory_kb": conn.getFreeMemory() // 1024,
+        "pool": pool_cpus,
+        "pool_source": "option" if pool is not None else "online_cpus",
+        "online": online,
+        "active_vcpus": active_vcpus,
+        "free_hugepages": free_hugepages,
+    }
+
+
+def read_placement(libvirt, dom):
+    """vCPU pins, emulator pin and scheduler parameters of a running domain (live where possible)."""
+    live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+    pins = dom.vcpuPinInfo(live)
+    current = {
+        "vcpu_pins": {str(i): format_cpulist(cpumap_to_set(m)) for i, m in enumerate(pins)},
+        "emulator_pin": format_cpulist(cpumap_to_set(dom.emulatorPinInfo(live))),
+    }
+    try:
+        current["scheduler"] = dom.schedulerParametersFlags(live)
+    except libvirt.libvirtError:
+        # A node without the cpu cgroup controller (the namespaced test-bed nodes, or a host
+        # where libvirt may not use cgroups) has no scheduler parameters at all, live or
+        # persistent: libvirt refuses both.
+        current["scheduler"] = None
+    return current
+
+
+def apply_placement(libvirt, dom, desired, changes):
+    """Apply the placement ``changes`` to the running domain, live and persistent."""
+    nr_cpus = dom.connect().getCPUMap()[0]
+    persistent = bool(dom.isPersistent())
+    both = libvirt.VIR_DOMAIN_AFFECT_LIVE | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if persistent else 0)
+    online_vcpus = dom.info()[3]
+    for what in changes:
+        if what.startswith("vcpu "):
+            vcpu = int(what.split()[1])
+            cpumap = set_to_cpumap(parse_cpulist(desired["vcpu_pins"][str(vcpu)]), nr_cpus)
+            # vCPUs above the current count exist only in the definition.
+            flags = both if vcpu < online_vcpus else libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            dom.pinVcpuFlags(vcpu, cpumap, flags)
+        elif what == "emulator":
+            dom.pinEmulator(set_to_cpumap(parse_cpulist(desired["emulator_pin"]), nr_cpus), both)
+    scheduler = {k: v for k, v in desired["scheduler"].items() if k in changes}
+    if scheduler:
+        # One call per definition: the Python binding reads the parameter types first, and that
+        # read takes LIVE or CONFIG, not both.
+        dom.setSchedulerParametersFlags(scheduler, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if persistent:
+            dom.setSchedulerParametersFlags(scheduler, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+
+def flags_value(libvirt, names):
+    value = 0
+    for name in names:
+        value |= getattr(libvirt, name)
+    return value
+
+
+class JobWatcher(threading.Thread):
+    """Follows the source's migration job; switches to post-copy or aborts when told to."""
+
+    def __init__(self, libvirt, dom, postcopy=False, after_iterations=0, after_ms=0, timeout_ms=0,
+                 poll_s=0.1):
+        super().__init__(daemon=True)
+        self.libvirt = libvirt
+        self.dom = dom
+        self.postcopy = postcopy
+        self.after_iterations = after_iterations
+        self.after_ms = after_ms
+        self.timeout_ms = timeout_ms
+        self.poll_s = poll_s
+        self.started_postcopy = False
+        self.aborted = False
+        self.last_stats = {}
+        self.max_iteration = 0
+        self._done = threading.Event()
+        self._start = time.monotonic()
+
+    def stop(self):
+        self._done.set()
+        self.join(timeout=5)
+
+    def run(self):
+        while not self._done.wait(self.poll_s):
+            elapsed_ms = (time.monotonic() - self._start) * 1000.0
+            try:
+                stats = self.dom.jobStats(0)
+            except self.libvirt.libvirtError:
+                continue
+            if stats.get("type", 0) == 0:  # no job (yet, or any more)
+                continue
+            self.last_stats = stats
+            self.max_iteration = max(self.max_iteration, stats.get("memory_iteration", 0))
+            try:
+                if self.postcopy and not self.started_postcopy and should_start_postcopy(
+                        stats, elapsed_ms, self.after_iterations, self.after_ms):
+                    self.dom.migrateStartPostCopy(0)
+                    self.started_postcopy = True
+                elif self.timeout_ms and elapsed_ms > self.timeout_ms and not self.started_postcopy \
+                        and not self.aborted:
+                    self.dom.abortJob()
+                    self.aborted = True
+            except self.libvirt.libvirtError:
+                pass  # the job ended between the poll and the call
+
+
+def migrate_guest(libvirt, dom, dest_uri, flags, params, max_downtime_ms=None, postcopy=False,
+                  postcopy_after_iterations=0, postcopy_after_ms=0, timeout_ms=0, recover_attempts=3,
+                  recover_wait_s=2.0):
+    """Run the migration; return what happened (post-copy started, recovered, attempts).
+
+    Raises MigrationError with ``guest_on`` set to where the guest is after a failure.
+    """
+    if max_downtime_ms:
+        dom.migrateSetMaxDowntime(int(max_downtime_ms), 0)
+    watcher = JobWatcher(libvirt, dom, postcopy, postcopy_after_iterations, postcopy_after_ms, timeout_ms)
+    watcher.start()
+    outcome = {"postcopy_started": False, "postcopy_recovered": False, "attempts": 1}
+    try:
+        dom.migrateToURI3(dest_uri, params, flags)
+    except libvirt.libvirtError as exc:
+        watcher.stop()
+        outcome["postcopy_started"] = watcher.started_postcopy
+        message = exc.get_error_message() or str(exc)
+        if watcher.aborted:
+            message = "aborted after %d ms without converging (timeout): %s" % (timeout_ms, message)
+        if not _in_failed_postcopy(libvirt, dom):
+            raise MigrationError(message, guest_on=_where_after_failure(libvirt, dom), detail=outcome)
+        # Post-copy failed: the guest's memory is split between the two nodes and neither runs
+        # it. The only way forward is to resume the post-copy migration (libvirt >= 8.5).
+        recovered, last = _recover_postcopy(libvirt, dom, dest_uri, params, flags, recover_attempts,
+                                            recover_wait_s, outcome)
+        if not recovered:
+            raise MigrationError("post-copy failed and could not be recovered (%s; then %s): the guest is "
+                                 "paused in post-copy-failed state on both nodes; re-run the module to "
+                                 "resume it" % (message, last), guest_on="postcopy_failed", detail=outcome)
+        outcome["postcopy_recovered"] = True
+    else:
+        watcher.stop()
+        outcome["postcopy_started"] = watcher.started_postcopy
+    outcome["max_iteration_seen"] = watcher.max_iteration
+    return outcome
+
+
+def _in_failed_postcopy(libvirt, dom):
+    try:
+        state, reason = dom.state()
+    except libvirt.libvirtError:
+        return False
+    failed = getattr(libvirt, "VIR_DOMAIN_PAUSED_POSTCOPY_FAILED", None)
+    return state == libvirt.VIR_DOMAIN_PAUSED and failed is not None and reason == failed
+
+
+def resume_postcopy(libvirt, dom, dest_uri, params, flags):
+    """One attempt at resuming a failed post-copy migration."""
+    dom.migrateToURI3(dest_uri, params, flags | libvirt.VIR_MIGRATE_POSTCOPY_RESUME)
+
+
+def _recover_postcopy(libvirt, dom, dest_uri, params, flags, attempts, wait_s, outcome):
+    last = "no attempt"
+    if not hasattr(libvirt, "VIR_MIGRATE_POSTCOPY_RESUME"):
+        return False, "this libvirt has no post-copy recovery (VIR_MIGRATE_POSTCOPY_RESUME, libvirt >= 8.5)"
+    for attempt in range(attempts):
+        outcome["attempts"] += 1
+        time.sleep(wait_s)
+        try:
+            resume_postcopy(libvirt, dom, dest_uri, params, flags)
+            return True, None
+        except libvirt.libvirtError as exc:
+            last = exc.get_error_message() or str(exc)
+    return False, last
+
+
+def _where_after_failure(libvirt, dom):
+    """After a failed pre-copy migration libvirt resumes the guest on the source; make sure."""
+    try:
+        if not dom.isActive():
+            return "nowhere"
+        state, reason = dom.state()
+        if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
+            dom.resume()
+        return "source"
+    except libvirt.libvirtError:
+        return "unknown"
