@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: 20 live migrations of the tiny guest between node 1 and hpcvirt-node2.
 
 Starts the extra node (tools/multinode/nodes.sh), boots a movable tiny guest on node 1, moves it
@@ -15,13 +14,13 @@ Run as root: ``.venv/bin/python benchmarks/migrate.py [--count N] [--keep-nodes]
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "integration"), os.path.join(ROOT, "tools")]
-import conftest  # noqa: E402,F401 (makes ansible_collections.hpcvirt.regime importable)
+# Importing conftest makes ansible_collections.hpcvirt.regime importable.
+import conftest  # noqa: E402,F401 pylint: disable=unused-import
 
 import libvirt  # noqa: E402
 

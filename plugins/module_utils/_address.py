@@ -95,7 +95,7 @@ def allocate_ip(name, range_text, taken, current=None):
     taken_values = set()
     for address in taken:
         try:
-            taken_values.add(int(ipaddress.ip_address(str(address).split("/")[0])))
+            taken_values.add(int(ipaddress.ip_address(str(address).split("/", maxsplit=1)[0])))
         except ValueError:
             continue
     if current and in_range(current, range_text):

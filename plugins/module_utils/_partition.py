@@ -363,8 +363,8 @@ def check_running_guests(layout, current, removing):
                 raise LayoutError(
                     "partitions: partition '%s' would lose CPUs %s that running guest '%s' is pinned to "
                     "(%s); move the guest first with the placement module (hpcvirt.regime.placement), "
-                    "then change the partition" % (name, format_cpulist(have - keep), guest,
-                                                    format_cpulist(used)))
+                    "then change the partition"
+                    % (name, format_cpulist(have - keep), guest, format_cpulist(used)))
 
 
 def check_hugepages(targets, current, topology):

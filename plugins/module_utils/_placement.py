@@ -147,9 +147,9 @@ def choose_partition(view, guest, request):
         return frozenset(cpu for cpu in part if not (view.users.get(cpu, set()) - {name}))
 
     def already_there(part_name):
-        used = [p for p in current]
-        return (all(len(p) == 1 for p in used) and len(frozenset().union(*used)) == len(used)
-                and frozenset().union(*used) <= view.partitions[part_name]["cpus"])
+        used = frozenset().union(*current) if current else frozenset()
+        return (all(len(p) == 1 for p in current) and len(used) == len(current)
+                and used <= view.partitions[part_name]["cpus"])
 
     if wanted != "auto":
         if wanted not in view.partitions:

@@ -205,7 +205,7 @@ def _normalise_layers(layers):
         name = str(layer.get("name") or "layer%d" % index)
         spec = layer.get("spec") or {}
         normalised.append((name, spec))
-    names = [name for name, _ in normalised]
+    names = [name for name, _unused in normalised]
     for name in names:
         if names.count(name) > 1:
             raise VseError("layers: the layer name '%s' is used twice; names make provenance readable, "
@@ -406,7 +406,7 @@ def digest(spec):
 
 
 def layer_names(layers):
-    return [name for name, _ in _normalise_layers(layers)]
+    return [name for name, _unused in _normalise_layers(layers)]
 
 
 # --------------------------------------------------------------------------------------------

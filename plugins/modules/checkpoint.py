@@ -21,7 +21,7 @@ description:
     and needs no outside state.
   - Idempotent; check mode returns the exact plan.
 author:
-  - hpcvirt.regime developers
+  - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
 attributes:

@@ -30,7 +30,7 @@ description:
   - Returns libvirt's completed job statistics (downtime, total time, data and disk transferred),
     read on the destination.
 author:
-  - hpcvirt.regime developers
+  - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
 attributes:

@@ -26,7 +26,7 @@ description:
   - The layout is recorded in O(layout_file) for C(hpcvirt.regime.node_info) and the boot-time
     re-apply that role C(hpcvirt.regime.partition) installs.
 author:
-  - hpcvirt.regime developers
+  - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
 attributes:

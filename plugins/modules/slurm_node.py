@@ -18,7 +18,7 @@ description:
   - Runs C(scontrol) on the host the task runs on; that host needs the Slurm client and access
     to the controller (munge).
 author:
-  - hpcvirt.regime developers
+  - hpcvirt.regime developers (@hpcvirt)
 attributes:
   check_mode:
     support: full

@@ -27,7 +27,7 @@ description:
     domain's C(<metadata>) (namespace C(https://hpcvirt.dev/xmlns/regime/1)), where
     M(hpcvirt.regime.node_info) and later runs read it back.
 author:
-  - hpcvirt.regime developers
+  - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
 attributes:
@@ -329,8 +329,8 @@ def plan_present(module, conn, dom, resolved, desired_view):
     else:
         persistent = compare(desired_view, owned_view(dom.XMLDesc(lv.libvirt.VIR_DOMAIN_XML_INACTIVE)))
         if persistent:
-            plan.add("define", resolved["name"], before={f: have for f, have, _ in persistent},
-                     after={f: want for f, _, want in persistent})
+            plan.add("define", resolved["name"], before={f: have for f, have, _unused in persistent},
+                     after={f: want for f, _unused, want in persistent})
         if active and state != "stopped":
             live = compare(desired_view, owned_view(dom.XMLDesc(0)))
             restart = needs_restart(live)

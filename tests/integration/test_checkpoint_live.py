@@ -6,8 +6,6 @@ import time
 
 import pytest
 
-import libvirt
-
 import testbed
 from conftest import run_module
 

@@ -9,7 +9,8 @@ import pytest
 
 import testbed
 from conftest import run_module
-from multinode_nodes import (  # noqa: F401 (fixtures)
+# The fixtures below are used by name in test arguments.
+from multinode_nodes import (  # noqa: F401 pylint: disable=unused-import
     NODE1,
     NODE2,
     SOCKET_DIR,
@@ -65,7 +66,7 @@ def test_round_trip_keeps_the_guest_running(two_nodes, movable_guest):
         assert back["changed"] and not back.get("failed"), back.get("msg")
         assert running(node1, name) and find(node2, name) is None
         testbed.wait_for_beats(name, 5)
-    beats = [beat for _, beat in tail.beats]
+    beats = [beat for _unused, beat in tail.beats]
     assert tail.restarts() == 0, "the guest rebooted or its heartbeat went backwards"
     assert all(b["boot"] == first["boot"] for b in beats)
     assert beats[-1]["seq"] > first["seq"] + 10

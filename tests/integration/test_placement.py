@@ -71,7 +71,7 @@ def test_drop_and_lift_live_without_restart(carved, guest_factory):
 
     # The guest kept running through both moves: same boot, counter never went back.
     assert beats.restarts() == 0
-    seqs = [beat["seq"] for _, beat in beats.beats]
+    seqs = [beat["seq"] for _unused, beat in beats.beats]
     assert len(seqs) >= 5 and seqs == sorted(seqs)
     assert a.isActive() and b.isActive()
 

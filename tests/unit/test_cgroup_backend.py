@@ -64,7 +64,8 @@ def fake_v2_kernel(monkeypatch):
     return kernel
 
 
-def run(root, spec=SPEC):
+def run(root, spec=None):
+    spec = SPEC if spec is None else spec
     topology = read_topology(root)
     cgroups = detect_layout(root)
     assert cgroups.cpuset_version == 2
@@ -95,7 +96,7 @@ def test_v2_below_a_root_parent_becomes_a_partition_root(tmp_path, fake_v2_kerne
     assert report["exclusivity"]["p1"]["enforced"] is True
     assert state == "root"
     # A second run plans nothing.
-    plan, _, _ = run(root)
+    plan, _unused, _unused = run(root)
     assert plan.to_list() == []
 
 
@@ -113,7 +114,7 @@ def test_v2_invalid_root_is_read_back(tmp_path, fake_v2_kernel):
                      extra={"/sys/fs/cgroup/machine.slice/cpuset.cpus.partition": "root"})
     topology, cgroups = read_topology(root), detect_layout(root)
     layout, current = part.prepare(SPEC, topology, cgroups, None, {}, root=root)
-    plan, _ = part.build_plan(layout, current, os.path.join(root, "etc/hpcvirt/layout.json"))
+    plan, _unused = part.build_plan(layout, current, os.path.join(root, "etc/hpcvirt/layout.json"))
     from conftest import materialise
     materialise(root, v2_cgroup("/sys/fs/cgroup/machine.slice/late.scope", "1"))
     part.apply_plan(plan, Timings())

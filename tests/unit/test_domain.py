@@ -85,7 +85,7 @@ def test_only_live_fields_avoid_restart():
     pinned = owned_view(build_domain_xml(resolved(cputune={"shares": 512, "vcpupin": {"0": "1", "1": "1"}},
                                                   memtune={"hard_limit": 1048576})))
     diff = compare(pinned, view)
-    assert {f for f, _, _ in diff} == {"cputune.vcpupin", "memtune.hard_limit"}
+    assert {f for f, _unused, _unused in diff} == {"cputune.vcpupin", "memtune.hard_limit"}
     assert needs_restart(diff) == []
     moved = owned_view(build_domain_xml(resolved(disks=[], console_path="/tmp/x.log")))
     assert set(needs_restart(compare(moved, view))) == {"disks", "console_path"}

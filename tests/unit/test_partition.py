@@ -129,7 +129,7 @@ def carve(root, the_spec, guest_pins=None, apply=True, layout_file=None):
 def test_first_run_plan_then_second_run_is_empty(tmp_path):
     root = fake_node(tmp_path, "partition-2cpu", irqs={"24": "0-1", "25": "0"})
     the_spec = spec("0", {"name": "p1", "count": 1, "hugepages": {"size": "2M", "count": 8}}, irq_steering=True)
-    predicted, _ = carve(root, the_spec, apply=False)
+    predicted, _unused = carve(root, the_spec, apply=False)
     plan, report = carve(root, the_spec)
     assert plan.to_list() == predicted.to_list()
     actions = [s.action for s in plan]
@@ -143,7 +143,7 @@ def test_first_run_plan_then_second_run_is_empty(tmp_path):
     # v1: the machine cgroup is not exclusive, so the kernel cannot hold the partition exclusive.
     assert report["exclusivity"]["p1"]["enforced"] is False
     assert "cpu_exclusive=0" in report["exclusivity"]["p1"]["blockers"][0]
-    second, _ = carve(root, the_spec)
+    second, _unused = carve(root, the_spec)
     assert second.to_list() == []
 
 
@@ -170,7 +170,7 @@ def _normalised(snap):
 
 def test_order_widens_parent_before_children_and_narrows_after(tmp_path):
     root = fake_node(tmp_path, SERVER, machine_cpus="0-63")
-    plan, _ = carve(root, spec("0,64", {"name": "a", "cpus": "96-99"}, pool="1-8"), apply=False)
+    plan, _unused = carve(root, spec("0,64", {"name": "a", "cpus": "96-99"}, pool="1-8"), apply=False)
     steps = [(s.action, os.path.basename(s.target), s.after) for s in plan]
     widen = steps.index(("cgroup_write", "cpuset.cpus", "0-63,96-99"))
     child = steps.index(("cgroup_write", "cpuset.cpus", "96-99"))

@@ -50,7 +50,7 @@ def test_drop_pins_one_to_one_and_moves_emulator_first():
 
 def test_second_run_plans_nothing():
     placed = guest("a", ["4", "5"], emulator="0", placement={"mode": "dedicated", "partition": "p0"})
-    plan, _ = plan_placements(SMALL, [placed], [{"name": "a", "placement": "dedicated", "partition": "p0"}])["a"]
+    plan, _unused = plan_placements(SMALL, [placed], [{"name": "a", "placement": "dedicated", "partition": "p0"}])["a"]
     assert not plan
 
 
@@ -64,7 +64,7 @@ def test_auto_keeps_a_guest_where_it_is():
 def test_offline_vcpus_are_pinned_too():
     g = guest("a", ["1-3"], maximum=2)
     g["vcpu_pins"]["1"] = "0-7"
-    plan, _ = plan_placements(SMALL, [g], [{"name": "a", "placement": "dedicated", "partition": "p0"}])["a"]
+    plan, _unused = plan_placements(SMALL, [g], [{"name": "a", "placement": "dedicated", "partition": "p0"}])["a"]
     assert [s["target"] for s in steps(plan, "pin_vcpu")] == ["a/vcpu0", "a/vcpu1"]
 
 
@@ -152,8 +152,8 @@ def test_quota_normalisation():
 
 
 def test_normalise_fills_defaults():
-    assert normalise_request(0, {"name": "a", "placement": "dedicated"}) == {"name": "a", "placement": "dedicated",
-                                                                           "partition": "auto"}
+    expected = {"name": "a", "placement": "dedicated", "partition": "auto"}
+    assert normalise_request(0, {"name": "a", "placement": "dedicated"}) == expected
 
 
 # ---- on the recorded two-socket server: SMT siblings together, NUMA-local choice ---------------
@@ -172,8 +172,8 @@ SERVER = {"housekeeping": "0-1,64-65", "pool": "48-63,112-127", "partitions": [
 
 
 def test_dedicated_pins_follow_cores(server):
-    plan, _ = plan_placements(SERVER, [guest("a", ["48-63,112-127"] * 4)],
-                              [{"name": "a", "placement": "dedicated", "partition": "n0"}], server)["a"]
+    request = [{"name": "a", "placement": "dedicated", "partition": "n0"}]
+    plan, _unused = plan_placements(SERVER, [guest("a", ["48-63,112-127"] * 4)], request, server)["a"]
     # vCPU pairs land on SMT sibling pairs: (2,66), (3,67).
     assert [s["after"] for s in steps(plan, "pin_vcpu")] == ["2", "66", "3", "67"]
     assert steps(plan, "numatune")[0]["after"] == "0"
@@ -183,17 +183,17 @@ def test_dedicated_pins_follow_cores(server):
 def test_auto_prefers_the_guests_numa_node_then_best_fit(server):
     g = guest("a", ["48-63,112-127"] * 4)
     g["numatune"] = {"mode": "restrictive", "nodeset": "2"}
-    _, want = plan_placements(SERVER, [g], [{"name": "a", "placement": "dedicated"}], server)["a"]
+    _unused, want = plan_placements(SERVER, [g], [{"name": "a", "placement": "dedicated"}], server)["a"]
     assert want["partition"] == "n2"         # on node 2, and the tighter of the two there
     g["numatune"] = {"mode": "restrictive", "nodeset": "0"}
-    _, want = plan_placements(SERVER, [g], [{"name": "a", "placement": "dedicated"}], server)["a"]
+    _unused, want = plan_placements(SERVER, [g], [{"name": "a", "placement": "dedicated"}], server)["a"]
     assert want["partition"] == "n0"
 
 
 def test_shared_numatune_spans_the_pool_nodes(server):
     g = guest("a", ["2"], emulator="0")
     g["numatune"] = {"mode": "restrictive", "nodeset": "0"}
-    plan, _ = plan_placements(SERVER, [g], [{"name": "a", "placement": "shared"}], server)["a"]
+    plan, _unused = plan_placements(SERVER, [g], [{"name": "a", "placement": "shared"}], server)["a"]
     assert steps(plan, "numatune")[0]["after"] == "3"
 
 

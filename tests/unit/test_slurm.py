@@ -34,7 +34,7 @@ def test_recordings_are_there():
     assert len(RECORDED) >= 8 and len(ODD) >= 9
 
 
-@pytest.mark.parametrize("title,line", RECORDED + ODD, ids=[t for t, _ in RECORDED + ODD])
+@pytest.mark.parametrize("title,line", RECORDED + ODD, ids=[t for t, _unused in RECORDED + ODD])
 def test_every_line_parses_to_a_named_node_with_a_state(title, line):
     node = node_of(line)
     assert node["name"] and node["state"] and node["summary"]
@@ -110,7 +110,7 @@ def test_older_features_key_and_empty_active_features():
 
 
 def test_parse_nodes_reads_several_lines():
-    text = "\n".join(line for _, line in ODD) + "\n"
+    text = "\n".join(line for _unused, line in ODD) + "\n"
     nodes = _slurm.parse_nodes(text)
     assert sorted(nodes)[:3] == ["cn042", "cn043", "cn044"]
     assert nodes["cn043"]["available_features"] == []

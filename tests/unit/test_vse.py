@@ -34,19 +34,19 @@ GROUP = {"name": "group", "spec": {
 
 
 def test_later_layers_override_and_dicts_merge():
-    spec, _ = merge_layers([VENDOR, SITE])
+    spec, _unused = merge_layers([VENDOR, SITE])
     assert spec["memory"] == 512
     assert spec["boot"]["kernel"] == IMAGES + "/k"
     assert spec["placement"] == {"mode": "shared", "cpu_shares": 512}
 
 
 def test_plain_list_replaces():
-    spec, _ = merge_layers([VENDOR, {"name": "user", "spec": {"allowed_users": ["bob"]}}])
+    spec, _unused = merge_layers([VENDOR, {"name": "user", "spec": {"allowed_users": ["bob"]}}])
     assert spec["allowed_users"] == ["bob"]
 
 
 def test_add_merges_keyed_items_and_appends_new_ones():
-    spec, _ = merge_layers([VENDOR, SITE])
+    spec, _unused = merge_layers([VENDOR, SITE])
     assert spec["networks"] == [
         {"name": "net0", "network": "default", "ip_range": "10.0.0.0/29"},
         {"name": "ib0", "bridge": "br-ib"},
@@ -55,7 +55,7 @@ def test_add_merges_keyed_items_and_appends_new_ones():
 
 
 def test_remove_list_elements_and_keys():
-    spec, _ = merge_layers([VENDOR, SITE, GROUP])
+    spec, _unused = merge_layers([VENDOR, SITE, GROUP])
     assert [d["dev"] for d in spec["disks"]] == ["vda"]
     assert spec["allowed_users"] == ["alice"]
     assert "cmdline" not in spec["boot"]
@@ -68,7 +68,7 @@ def test_remove_whole_key_drops_its_provenance():
 
 
 def test_provenance_records_the_last_layer_per_top_level_key():
-    _, prov = merge_layers([VENDOR, SITE, GROUP])
+    _unused, prov = merge_layers([VENDOR, SITE, GROUP])
     assert prov["domain_type"] == "vendor"
     assert prov["memory"] == "site"
     assert prov["networks"] == "site"
@@ -132,8 +132,8 @@ def test_validate_rejects(spec, needle):
 
 
 def test_digest_is_stable_and_sensitive():
-    a, _ = merge_layers([VENDOR, SITE])
-    b, _ = merge_layers([VENDOR, SITE])
+    a, _unused = merge_layers([VENDOR, SITE])
+    b, _unused = merge_layers([VENDOR, SITE])
     assert digest(a) == digest(b)
     b["memory"] = 1024
     assert digest(a) != digest(b)
@@ -156,7 +156,8 @@ NODE = {"partitions": {"p0": {"cpus": frozenset({2, 3, 4, 5}), "mems": frozenset
         "taken_cpus": frozenset({2}), "taken_ips": frozenset({"10.0.0.1"})}
 
 
-def _resolved(extra, node=NODE, current=None):
+def _resolved(extra, node=None, current=None):
+    node = NODE if node is None else node
     spec, prov = merge_layers([VENDOR, SITE, {"name": "x", "spec": extra}])
     return resolve("g1", validate(spec, prov, "g1"), node, ["vendor", "site", "x"], current)
 

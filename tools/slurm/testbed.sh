@@ -1,4 +1,4 @@
-#!/bin/bash
+#!/usr/bin/env bash
 # A real Slurm on one machine: munged, slurmctld and one slurmd per simulated node, all on
 # 127.0.0.1, every file under one directory. For tests and demos of hpcvirt.regime's Slurm support.
 #
