@@ -4,7 +4,7 @@ set -euo pipefail
 packages=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   python3-libvirt python3-lxml python3-netaddr python3-venv python3-dev gcc
-  cpio busybox-static e2fsprogs procps iproute2
+  cpio busybox-static e2fsprogs procps iproute2 shellcheck
 )
 missing=()
 for pkg in "${packages[@]}"; do

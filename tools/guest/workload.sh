@@ -5,7 +5,8 @@
 # of the kernel's boot_id, so a changed value means the guest restarted. Interval: kernel argument
 # hpcvirt.hb_ms (default 100). docs/guest-image.md documents the format; keep it stable.
 ms=100
-for w in $(cat /proc/cmdline); do
+read -r cmdline < /proc/cmdline
+for w in $cmdline; do
   case "$w" in hpcvirt.hb_ms=*) ms="${w#*=}" ;; esac
 done
 boot=$(cut -c1-8 /proc/sys/kernel/random/boot_id)

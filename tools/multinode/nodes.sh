@@ -77,7 +77,9 @@ start_node() {
   stop_node "$name" quiet
   prepare_config "$name"
   rm -f "$dir/run/libvirt-sock" "$dir/run/libvirt-sock-ro" "$dir/run/libvirt-admin-sock"
-  # The daemons keep the namespaces alive after this shell exits.
+  # The daemons keep the namespaces alive after this shell exits. (The script is single-quoted on
+  # purpose: it expands its own positional arguments inside the new namespaces.)
+  # shellcheck disable=SC2016
   unshare -m -u -n --propagation private /bin/bash -euc '
     name=$1 dir=$2
     hostname "$name"
