@@ -92,10 +92,12 @@ class NodeView:
         self.partitions = {p["name"]: {"cpus": parse_cpulist(p["cpus"]), "mems": parse_cpulist(p.get("mems", ""))}
                            for p in layout["partitions"]}
         self.guests = {g["name"]: g for g in guests}
-        # CPU -> set of guests whose vCPUs may run there (only partition CPUs matter for admission).
+        # CPU -> set of running guests whose vCPUs may run there (only partition CPUs matter for
+        # admission). Stopped guests hold nothing until they start; node_regime moves their
+        # configuration along with the running ones.
         self.users = {}
         for guest in guests:
-            if not guest.get("active", True) and not guest.get("persistent", True):
+            if not guest.get("active", True):
                 continue
             for pins in _guest_pins(guest):
                 for cpu in pins:

@@ -205,3 +205,10 @@ def test_named_partition_can_hold_several_guests_on_distinct_cpus():
     cpus_a = result["a"][1]["vcpu_pins"][0]
     cpus_b = result["b"][1]["vcpu_pins"][0]
     assert cpus_a | cpus_b == {4, 5} and not cpus_a & cpus_b
+
+
+def test_stopped_guests_do_not_block_a_drop():
+    stopped = guest("b", ["0-7"], active=False)
+    plan, want = plan_placements(SMALL, [guest("a", ["1-3"]), stopped],
+                                 [{"name": "a", "placement": "dedicated", "partition": "p0"}])["a"]
+    assert want["partition"] == "p0" and plan
