@@ -304,11 +304,14 @@ def plan_guest(view, guest, request):
     return plan, want
 
 
-def plan_placements(layout, guests, requests, topology=None):
+def plan_placements(layout, guests, requests, topology=None, refused=None):
     """Plan every request: lifts (and shared re-tunes) first to free partitions, then drops.
 
     Returns ``{name: (plan, desired)}`` in application order. Raises ``PlacementError`` before
-    anything is planned when a guest is unknown or a drop cannot be admitted.
+    anything is planned when a guest is unknown or a request cannot be admitted, unless
+    ``refused`` is a dict: then a request that cannot be admitted is recorded there (name ->
+    message), left out of the result, and its guest treated as holding no CPUs (the caller
+    preempts it).
     """
     view = NodeView(layout, guests, topology)
     normalised = [normalise_request(i, r) for i, r in enumerate(requests)]
@@ -319,16 +322,27 @@ def plan_placements(layout, guests, requests, topology=None):
         seen.add(request["name"])
         if request["name"] not in view.guests:
             raise PlacementError("guests[%d].name: no guest '%s' on this node" % (index, request["name"]))
+    # Every guest being placed gives up the CPUs it holds now: only where it ends up counts. Lifts
+    # come first; among drops, guests already on single CPUs of a partition keep their place first.
+    def settled(request):
+        pins = _guest_pins(view.guests[request["name"]])
+        used = frozenset().union(*pins) if pins else frozenset()
+        return 0 if pins and all(len(p) == 1 for p in pins) and view.partition_of(min(used)) else 1
+
     ordered = ([r for r in normalised if r["placement"] == "shared"]
-               + [r for r in normalised if r["placement"] == "dedicated"])
-    # Guests being lifted give up their partition CPUs before any drop is admitted.
+               + sorted((r for r in normalised if r["placement"] == "dedicated"), key=settled))
     for request in ordered:
-        if request["placement"] == "shared":
-            view.release(request["name"])
+        view.release(request["name"])
     results = {}
     for request in ordered:
         guest = view.guests[request["name"]]
-        results[request["name"]] = plan_guest(view, guest, request)
+        try:
+            results[request["name"]] = plan_guest(view, guest, request)
+        except PlacementError as exc:
+            if refused is None:
+                raise
+            refused[request["name"]] = str(exc)
+            view.release(request["name"])
     return results
 
 

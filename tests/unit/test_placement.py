@@ -212,3 +212,13 @@ def test_stopped_guests_do_not_block_a_drop():
     plan, want = plan_placements(SMALL, [guest("a", ["1-3"]), stopped],
                                  [{"name": "a", "placement": "dedicated", "partition": "p0"}])["a"]
     assert want["partition"] == "p0" and plan
+
+
+def test_refused_requests_can_be_collected_for_overflow():
+    holder = guest("b", ["4", "5"], emulator="0", placement={"mode": "dedicated", "partition": "p0"})
+    refused = {}
+    result = plan_placements(SMALL, [guest("a", ["1-3", "1-3"]), holder],
+                             [{"name": "a", "placement": "dedicated", "partition": "p0"},
+                              {"name": "b", "placement": "dedicated", "partition": "p0"}], refused=refused)
+    assert list(result) == ["b"] and list(refused) == ["a"]
+    assert "CPU 4 used by b" in refused["a"]

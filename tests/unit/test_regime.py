@@ -1,0 +1,131 @@
+"""Regime composition: layout validation, default placements, overflow, resume, journal."""
+
+import json
+import os
+
+import pytest
+
+from ansible_collections.hpcvirt.regime.plugins.module_utils._regime import (
+    Journal,
+    RegimeError,
+    check_regime,
+    default_request,
+    plan_regime,
+    predicted_pins,
+    record_changes,
+    write_regime,
+)
+
+SPACE = {"housekeeping": "0", "pool": "0", "partitions": [{"name": "p1", "cpus": "1", "mems": "0"}]}
+TIME = {"housekeeping": "0", "pool": "1", "partitions": []}
+MIXED = {"housekeeping": "0", "pool": "1-2", "partitions": [{"name": "p3", "cpus": "3", "mems": "0"}]}
+
+
+def guest(name, pins, active=True, placement=None, observed="shared", partition=None, checkpoint=None,
+          managed_save=False):
+    hpcvirt = {}
+    if placement:
+        hpcvirt["placement"] = placement
+    if checkpoint:
+        hpcvirt["checkpoint"] = checkpoint
+    return {"name": name, "active": active, "persistent": True, "managed_save": managed_save,
+            "vcpus": {"current": len(pins), "maximum": len(pins)},
+            "vcpu_pins": {str(i): p for i, p in enumerate(pins)}, "emulator_pin": "0-3", "iothread_pins": {},
+            "scheduler": {"cpu_shares": 1024, "vcpu_quota": -1}, "numatune": {}, "hpcvirt": hpcvirt,
+            "placement": {"observed": observed, "partition": partition}}
+
+
+@pytest.mark.parametrize("regime, layout, words", [
+    ("time_shared", SPACE, "a time_shared node has no partitions (got p1)"),
+    ("space_shared", TIME, "needs at least one partition"),
+    ("space_shared", MIXED, "keeps no shared pool beyond housekeeping (the layout leaves CPUs 1,2"),
+    ("mixed", SPACE, "pool beyond housekeeping: none"),
+    ("mixed", TIME, "partitions: none"),
+])
+def test_layout_must_amount_to_the_regime(regime, layout, words):
+    with pytest.raises(RegimeError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        check_regime(regime, layout)
+
+
+@pytest.mark.parametrize("regime, layout", [("space_shared", SPACE), ("time_shared", TIME), ("mixed", MIXED)])
+def test_matching_layouts_pass(regime, layout):
+    check_regime(regime, layout)
+
+
+def test_unnamed_guests_keep_a_surviving_partition_or_go_to_the_pool():
+    dedicated = guest("d", ["3"], observed="dedicated", partition="p3")
+    assert default_request("mixed", dedicated, MIXED) == {"name": "d", "placement": "dedicated", "partition": "p3"}
+    assert default_request("time_shared", dedicated, TIME) == {"name": "d", "placement": "shared"}
+    assert default_request("mixed", guest("s", ["1-2"]), MIXED) == {"name": "s", "placement": "shared"}
+
+
+def test_space_shared_with_a_shared_guest_fails_by_default_and_names_it():
+    guests = [guest("enclave", ["0-1"]), guest("web", ["0-1"])]
+    requested = {"enclave": {"name": "enclave", "placement": "dedicated", "partition": "p1"}}
+    with pytest.raises(RegimeError, match=r"web \(a space_shared node has no shared pool\)"):
+        plan_regime("space_shared", SPACE, guests, requested)
+
+
+def test_overflow_preempt_saves_the_guests_that_do_not_fit():
+    guests = [guest("enclave", ["0-1"]), guest("web", ["0-1"]), guest("idle", ["0-1"], active=False)]
+    requested = {"enclave": {"name": "enclave", "placement": "dedicated", "partition": "p1"}}
+    decision = plan_regime("space_shared", SPACE, guests, requested, overflow="preempt")
+    assert decision["preempt"] == ["web"]
+    assert list(decision["placements"]) == ["enclave"]
+    assert decision["untouched"] == {"idle": "a space_shared node has no shared pool"}
+    assert predicted_pins(guests, decision["placements"], {"web"}) == {"enclave": [{1}]}
+
+
+def test_guests_we_preempted_are_resumed_where_they_fit_again():
+    saved = guest("web", ["0"], active=False, managed_save=True,
+                  checkpoint={"state": "preempted", "by": "node_regime"})
+    other = guest("theirs", ["0"], active=False, managed_save=True, checkpoint={"state": "preempted"})
+    enclave = guest("enclave", ["1"], observed="dedicated", partition="p1",
+                    placement={"mode": "dedicated", "partition": "p1"})
+    decision = plan_regime("time_shared", TIME, [saved, other, enclave], {})
+    assert decision["resume"] == ["web"]                      # not a guest someone else saved
+    assert decision["placements"]["web"][1]["mode"] == "shared"
+    assert decision["placements"]["enclave"][1]["mode"] == "shared"
+
+
+def test_unknown_guest_is_refused():
+    with pytest.raises(RegimeError, match="no guest 'ghost'"):
+        plan_regime("time_shared", TIME, [], {"ghost": {"name": "ghost", "placement": "shared"}})
+
+
+def test_refused_drop_with_preempt():
+    holder = guest("a", ["1"], observed="dedicated", partition="p1", placement={"mode": "dedicated", "partition": "p1"})
+    second = guest("b", ["0-1"])
+    requested = {"a": {"name": "a", "placement": "dedicated", "partition": "p1"},
+                 "b": {"name": "b", "placement": "dedicated", "partition": "p1"}}
+    decision = plan_regime("space_shared", SPACE, [holder, second], requested, overflow="preempt")
+    assert decision["preempt"] == ["b"] and "CPU 1 used by a" in decision["unfit"]["b"]
+
+
+def test_regime_record_and_journal(tmp_path):
+    root = str(tmp_path)
+    layout = {"housekeeping": "0", "pool": "0", "partitions": [{"name": "p1"}]}
+    before, after = record_changes(root, "space_shared", layout)
+    assert before is None and after["regime"] == "space_shared" and after["partitions"] == ["p1"]
+    write_regime(root, after)
+    assert record_changes(root, "space_shared", layout) is None      # idempotent, whatever the time
+    assert record_changes(root, "time_shared", layout)[1]["regime"] == "time_shared"
+
+    journal = Journal(root)
+    assert journal.previous() is None
+    journal.begin("space_shared", ["a", "b", "c"])
+    journal.step_done(2)
+    again = Journal(root).previous()
+    assert again["target"] == "space_shared" and again["done"] == 2 and again["steps"] == ["a", "b", "c"]
+    assert oct(os.stat(journal.path).st_mode & 0o777) == "0o600"
+    journal.finish()
+    assert Journal(root).previous() is None
+
+
+def test_a_torn_journal_still_counts_as_an_interrupted_run(tmp_path):
+    journal = Journal(str(tmp_path))
+    os.makedirs(os.path.dirname(journal.path))
+    with open(journal.path, "w") as handle:
+        handle.write('{"target": "space_')
+    assert journal.previous()["unreadable"] is True
+    json.dumps(journal.previous())
