@@ -290,11 +290,12 @@ def plan_guest(view, guest, request):
             plan.add("numatune", name, format_cpulist(have_nodes), format_cpulist(want["nodeset"]), guest=name,
                      mode=numatune.get("mode") or "strict")
 
+    have_intent = dict((guest.get("hpcvirt") or {}).get("placement", {}))
     intent = {"mode": want["mode"], "partition": want["partition"]}
     if want["mode"] == "shared":
-        intent["cpu_shares"] = want["cpu_shares"]
-        intent["vcpu_quota"] = want["vcpu_quota"]
-    have_intent = dict((guest.get("hpcvirt") or {}).get("placement", {}))
+        # Shares and quota not asked for stay as recorded: a re-placement does not forget them.
+        for key in ("cpu_shares", "vcpu_quota"):
+            intent[key] = want[key] if want[key] is not None else have_intent.get(key)
     want_intent = {k: str(v) for k, v in intent.items() if v is not None}
     if have_intent != want_intent:
         plan.add("metadata", name, have_intent or None, want_intent, guest=name)

@@ -86,7 +86,11 @@ def default_request(regime, guest, target):
         wanted = {p["name"]: parse_cpulist(p["cpus"]) for p in target["partitions"]}
         if partition in wanted:
             return {"name": guest["name"], "placement": "dedicated", "partition": partition}
-    return {"name": guest["name"], "placement": "shared"}
+    request = {"name": guest["name"], "placement": "shared"}
+    for key in ("cpu_shares", "vcpu_quota"):
+        if intent.get(key) not in (None, ""):
+            request[key] = int(intent[key])
+    return request
 
 
 def plan_regime(regime, target, guests, requested, topology=None, overflow="fail"):

@@ -222,3 +222,9 @@ def test_refused_requests_can_be_collected_for_overflow():
                               {"name": "b", "placement": "dedicated", "partition": "p0"}], refused=refused)
     assert list(result) == ["b"] and list(refused) == ["a"]
     assert "CPU 4 used by b" in refused["a"]
+
+
+def test_lift_without_shares_keeps_the_recorded_intent():
+    tuned = guest("a", ["1-3"], emulator="0-3", placement={"mode": "shared", "cpu_shares": "256"})
+    plan, _unused = plan_placements(SMALL, [tuned], [{"name": "a", "placement": "shared"}])["a"]
+    assert not [s for s in plan if s.action == "metadata"]

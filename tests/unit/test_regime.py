@@ -129,3 +129,10 @@ def test_a_torn_journal_still_counts_as_an_interrupted_run(tmp_path):
         handle.write('{"target": "space_')
     assert journal.previous()["unreadable"] is True
     json.dumps(journal.previous())
+
+
+def test_unnamed_shared_guest_keeps_its_recorded_shares():
+    tuned = guest("web", ["1"], placement={"mode": "shared", "cpu_shares": "256"})
+    assert default_request("time_shared", tuned, TIME) == {"name": "web", "placement": "shared", "cpu_shares": 256}
+    plan, _unused = plan_regime("time_shared", TIME, [tuned], {})["placements"]["web"]
+    assert [s.action for s in plan] == ["pin_emulator", "scheduler"]    # intent kept, shares applied
