@@ -15,7 +15,7 @@ export PATH := $(VENV)/bin:$(PATH)
 .PHONY: demo test setup host venv image libvirt collection unit sanity lint integration clean
 
 demo: setup
-	ansible-playbook playbooks/demo.yml
+	python tools/demo.py
 
 test: setup unit lint sanity integration
 

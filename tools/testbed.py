@@ -139,6 +139,12 @@ def remove(conn, name):
         os.unlink(console_path(name))
 
 
+def domain_console_path(dom):
+    """The file a guest's serial console writes to, from its domain XML (None without one)."""
+    match = re.search(r"<serial type='file'>\s*<source path='([^']+)'", dom.XMLDesc(0))
+    return match.group(1) if match else None
+
+
 def parse_beats(text):
     """Heartbeats in console text as dicts (seq, up, boot, host, src)."""
     beats = []
@@ -175,9 +181,9 @@ class HeartbeatTail:
     changes of boot id or a sequence that went backwards.
     """
 
-    def __init__(self, name, poll_s=0.005):
+    def __init__(self, name, poll_s=0.005, path=None):
         self.name = name
-        self.path = console_path(name)
+        self.path = path or console_path(name)
         self.poll_s = poll_s
         self.beats = []          # (host_monotonic, beat dict)
         self._stop = threading.Event()

@@ -571,7 +571,42 @@ def resolve(name, spec, node, layers=(), current=None):
     resolved["metadata"] = metadata
     resolved["addresses"] = addresses
     resolved["hostname"] = hostname
+
+    metadata["vse"]["placement_digest"] = placement_digest(spec)
+    recorded = ((current.get("metadata") or {}).get("vse") or {}).get("placement_digest")
+    if recorded == metadata["vse"]["placement_digest"]:
+        keep_current_placement(resolved, current)
     return resolved
+
+
+PLACEMENT_SECTIONS = ("placement", "numa", "emulator")
+PLACEMENT_TUNING = ("vcpupin", "emulatorpin", "shares", "quota", "period")
+
+
+def placement_digest(spec):
+    """Digest of the parts of a spec that decide where the guest's threads run."""
+    return digest({key: spec.get(key) for key in PLACEMENT_SECTIONS})
+
+
+def keep_current_placement(resolved, current):
+    """Leave an existing guest's placement as it is.
+
+    The VSE's placement is where a guest starts. Once the guest exists, lift and drop (the
+    placement and node_regime modules) move it; as long as the VSE's own placement sections are
+    unchanged since they were last applied, provisioning again must not move the guest back.
+    Changing them in a layer applies them again.
+    """
+    tune = current.get("cputune") or {}
+    for key in PLACEMENT_TUNING:
+        if tune.get(key) in (None, {}):
+            resolved["cputune"].pop(key, None)
+        else:
+            resolved["cputune"][key] = tune[key]
+    resolved["vcpu_cpuset"] = current.get("vcpu_cpuset")
+    resolved["numatune"] = dict(current.get("numatune") or {})
+    placement = ((current.get("metadata") or {}).get("placement"))
+    if placement:
+        resolved["metadata"]["placement"] = dict(placement)
 
 
 def _dedicated(name, spec, node, current):

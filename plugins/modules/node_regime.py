@@ -151,7 +151,7 @@ seealso:
 """
 
 EXAMPLES = r"""
-- name: Give the node to a bulk-synchronous job: two partitions, guests dropped into them
+- name: Give the node to a bulk-synchronous job (two partitions, guests dropped into them)
   hpcvirt.regime.node_regime:
     regime: space_shared
     housekeeping: "0,64"

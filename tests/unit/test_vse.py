@@ -204,3 +204,21 @@ def test_resolve_exhausted_range_is_a_clear_error():
     node = dict(NODE, taken_ips=frozenset("10.0.0.%d" % i for i in range(1, 7)))
     with pytest.raises(VseError, match="exhausted"):
         _resolved({}, node=node)
+
+
+def test_a_guest_moved_by_lift_or_drop_stays_where_it_is_until_the_vse_placement_changes():
+    first = _resolved({})
+    # What a drop by the placement module leaves in the domain, as the owned view reads it.
+    moved = {
+        "cputune": {"vcpupin": {"0": "1"}, "emulatorpin": "0", "shares": None, "quota": -1, "period": None},
+        "vcpu_cpuset": first["vcpu_cpuset"],
+        "numatune": {"mode": "restrictive", "nodeset": "0"},
+        "metadata": {"vse": dict(first["metadata"]["vse"]), "placement": {"mode": "dedicated", "partition": "p1"}},
+    }
+    again = _resolved({}, current=moved)
+    assert again["cputune"]["vcpupin"] == {"0": "1"} and again["cputune"]["emulatorpin"] == "0"
+    assert again["metadata"]["placement"] == {"mode": "dedicated", "partition": "p1"}
+    assert again["metadata"]["vse"]["placement_digest"] == first["metadata"]["vse"]["placement_digest"]
+
+    changed = _resolved({"placement": {"mode": "shared", "cpu_shares": 2048}}, current=moved)
+    assert "vcpupin" not in changed["cputune"] and changed["cputune"]["shares"] == 2048
