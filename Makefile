@@ -12,12 +12,15 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export HPCVIRT_IMAGE_DIR := $(IMAGE_DIR)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo test setup host venv image libvirt collection unit sanity lint integration clean
+.PHONY: demo test setup host venv image libvirt collection unit sanity lint integration molecule clean
+
+# Extra suites (molecule scenarios) add their own targets here.
+include $(wildcard mk/*.mk)
 
 demo: setup
 	python tools/demo.py
 
-test: setup unit lint sanity integration
+test: setup unit lint sanity integration molecule
 
 setup: host venv collection image libvirt
 
@@ -53,6 +56,9 @@ sanity: venv
 
 integration: setup
 	python -m pytest -q tests/integration
+
+molecule: setup
+	molecule test -s default
 
 clean:
 	rm -rf .build .pytest_cache

@@ -1,0 +1,168 @@
+"""Live lift/drop against the cold way, side by side on this machine's real libvirt.
+
+Run by hand (root, after `make setup`):  .venv/bin/python benchmarks/lift_drop.py [--cycles 20]
+
+A heartbeat guest is dropped onto partition p1 and lifted back into the pool ``--cycles`` times
+(beside ``--background`` shared guests), three ways in the same run:
+
+* live: through the placement module's own code path (read the node, plan, apply live and
+  persistent), timing the live libvirt changes as the module reports them;
+* bare: the same pin and scheduler changes as direct libvirt calls, the floor for "live";
+* cold: how users of community.libvirt change placement today: destroy the guest, redefine it
+  with the new <cputune>, start it, and wait for its first heartbeat.
+
+The heartbeat is followed on the host (tools/testbed.py HeartbeatTail), so a stall of the guest
+shows as a gap. Prints a table, then one JSON line.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+
+import libvirt
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+
+import testbed  # noqa: E402
+from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import set_to_cpumap  # noqa: E402
+from ansible_collections.hpcvirt.regime.plugins.module_utils._node import (  # noqa: E402
+    read_guests,
+    read_node_state,
+)
+from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import (  # noqa: E402
+    apply_guest_plan,
+    plan_placements,
+)
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings  # noqa: E402
+from conftest import run_module  # noqa: E402
+
+GUEST = "hpcvirt-bench-enclave"
+LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
+CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+STATES = {1: "running", 5: "shutoff"}
+
+
+def percentile(values, pct):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(pct / 100.0 * (len(ordered) - 1))))]
+
+
+def place_through_module_code(conn, requests):
+    """What hpcvirt.regime.placement does, minus Ansible: read, plan, apply; live ms per call."""
+    topology, _cgroups, layout, _regime, _timings = read_node_state()
+    partitions = {p["name"]: p for p in layout["partitions"]}
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import parse_cpulist
+    guests = read_guests(libvirt, conn.listAllDomains(0), partitions, parse_cpulist(layout["pool"]), STATES)
+    planned = plan_placements(layout, guests, requests, topology)
+    ncpus = conn.getCPUMap()[0]
+    total = 0.0
+    for name, (plan, _want) in planned.items():
+        timings = Timings()
+        apply_guest_plan(libvirt, conn.lookupByName(name), plan, "both", ncpus, timings)
+        total += sum(timings.to_dict().values())
+    return total
+
+
+def bare_move(dom, vcpu_cpus, emulator_cpus, ncpus):
+    """The same placement change as plain libvirt calls."""
+    start = time.monotonic()
+    dom.pinVcpuFlags(0, set_to_cpumap(vcpu_cpus, ncpus), LIVE | CONFIG)
+    dom.pinEmulator(set_to_cpumap(emulator_cpus, ncpus), LIVE | CONFIG)
+    dom.setSchedulerParametersFlags({"vcpu_quota": -1}, LIVE)
+    dom.setSchedulerParametersFlags({"vcpu_quota": -1}, CONFIG)
+    return (time.monotonic() - start) * 1000.0
+
+
+def cold_move(conn, dom, vcpu_cpus, emulator_cpus):
+    """destroy, redefine with the new <cputune>, start, wait for the first heartbeat."""
+    start = time.monotonic()
+    xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    xml = re.sub(r"\s*<cputune>.*?</cputune>", "", xml, flags=re.S)
+    tune = "<cputune><vcpupin vcpu='0' cpuset='%s'/><emulatorpin cpuset='%s'/></cputune>" % (
+        ",".join(map(str, sorted(vcpu_cpus))), ",".join(map(str, sorted(emulator_cpus))))
+    xml = xml.replace("</vcpu>", "</vcpu>\n  " + tune, 1)
+    dom.destroy()
+    dom = conn.defineXML(xml)
+    dom.create()
+    testbed.wait_for_beats(dom.name(), 1, timeout=120)
+    return dom, (time.monotonic() - start) * 1000.0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cycles", type=int, default=20, help="drop/lift cycles for live and bare")
+    parser.add_argument("--cold-cycles", type=int, default=5, help="destroy/redefine/start moves")
+    parser.add_argument("--background", type=int, default=2, help="shared guests beside the enclave")
+    args = parser.parse_args()
+
+    conn = testbed.connect()
+    carve = run_module("hpcvirt.regime.partition", {"housekeeping": "0", "partitions": [{"name": "p1", "cpus": "1"}]})
+    if carve.get("failed"):
+        sys.exit("cannot carve partition p1: %s" % carve["msg"])
+    background = ["hpcvirt-bench-bg%d" % i for i in range(args.background)]
+    ncpus = conn.getCPUMap()[0]
+    try:
+        dom = testbed.boot(conn, GUEST)
+        for name in background:
+            testbed.boot(conn, name)
+        # Background guests float over the pool (here the housekeeping CPU), like tenants would.
+        place_through_module_code(conn, [{"name": n, "placement": "shared"} for n in background])
+        interval_ms = 100.0
+        live, bare, cold = [], [], []
+        with testbed.HeartbeatTail(GUEST) as tail:
+            testbed.wait_for_beats(GUEST, 3)
+            mark = tail.mark()
+            for _cycle in range(args.cycles):
+                live.append(place_through_module_code(conn, [{"name": GUEST, "placement": "dedicated", "partition": "p1"}]))
+                live.append(place_through_module_code(conn, [{"name": GUEST, "placement": "shared"}]))
+            testbed.wait_for_beats(GUEST, 2)
+            live_gaps = tail.gaps_ms(mark)
+            restarts_live = tail.restarts()
+            for _cycle in range(args.cycles):
+                bare.append(bare_move(dom, {1}, {0}, ncpus))
+                bare.append(bare_move(dom, {0}, {0}, ncpus))
+        boots = set()
+        for cycle in range(args.cold_cycles):
+            dom, spent = cold_move(conn, dom, {1} if cycle % 2 == 0 else {0}, {0})
+            cold.append(spent)
+            boots.add(testbed.read_beats(GUEST)[-1]["boot"])
+        restarts_cold = args.cold_cycles
+        assert len(boots) == args.cold_cycles, "each cold move boots the guest afresh"
+    finally:
+        for name in [GUEST] + background:
+            testbed.remove(conn, name)
+        run_module("hpcvirt.regime.partition", {"state": "absent"})
+
+    rows = [("live (module code path)", live), ("bare libvirt calls", bare), ("cold (destroy, redefine, start)", cold)]
+    print("%-34s %6s %10s %10s %10s" % ("placement change", "n", "p50 ms", "p95 ms", "max ms"))
+    for label, values in rows:
+        print("%-34s %6d %10.1f %10.1f %10.1f" % (label, len(values), statistics.median(values),
+                                                 percentile(values, 95), max(values)))
+    print("heartbeat over %d live moves: max gap %.0f ms (interval %.0f ms), restarts %d"
+          % (len(live), max(live_gaps), interval_ms, restarts_live))
+    result = {
+        "moves": len(live),
+        "live_ms_p50": round(statistics.median(live), 2),
+        "live_ms_p95": round(percentile(live, 95), 2),
+        "bare_ms_p50": round(statistics.median(bare), 2),
+        "ratio_live_over_bare": round(statistics.median(live) / statistics.median(bare), 2),
+        "heartbeat_gap_ms_max": round(max(live_gaps), 1),
+        "heartbeat_interval_ms": interval_ms,
+        "cold_ms_p50": round(statistics.median(cold), 1),
+        "ratio_cold_over_live": round(statistics.median(cold) / statistics.median(live), 1),
+        "guest_restarts_live": restarts_live,
+        "guest_restarts_cold": restarts_cold,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
