@@ -367,6 +367,9 @@ class NodeLock:
         os.close(self.fd)
 
 
+LISTS = ("pools", "directories", "overlays", "domains", "started_members")
+
+
 class Journal:
     """What a run is creating, on disk before anything is created and after every batch."""
 
@@ -376,7 +379,7 @@ class Journal:
         self.relpath = journal_relpath(fleet)
         self.path = state_path(root, self.relpath)
         self.data = {"fleet": fleet, "pid": os.getpid(), "started": time.time(), "phase": "planned",
-                     "pools": [], "overlays": [], "domains": [], "redefined": {}, "started_members": [],
+                     "pools": [], "directories": [], "overlays": [], "domains": [], "redefined": {}, "started_members": [],
                      "progress": {}}
 
     @classmethod
@@ -391,7 +394,7 @@ class Journal:
 
     def inherit(self, older):
         """Take over what a killed run created, so a failure now rolls that back as well."""
-        for key in ("pools", "overlays", "domains", "started_members"):
+        for key in LISTS:
             self.data[key] = sorted(set(self.data[key]) | set(older.data.get(key) or []))
         redefined = dict(older.data.get("redefined") or {})
         redefined.update({k: v for k, v in self.data["redefined"].items() if k not in redefined})
@@ -399,7 +402,7 @@ class Journal:
 
     def record(self, **changes):
         for key, value in changes.items():
-            if key in ("pools", "overlays", "domains", "started_members"):
+            if key in LISTS:
                 self.data[key] = sorted(set(self.data[key]) | set(value))
             elif key == "redefined":
                 for name, xml in value.items():
@@ -569,7 +572,8 @@ def ensure_pools(conn, overlays, journal, error_text):
         if disk["pool_dir"] in pools:
             continue
         if storage.find_pool(conn, disk["pool_dir"], disk.get("pool")) is None:
-            journal.record(pools=[disk["pool_dir"]])
+            journal.record(pools=[disk["pool_dir"]],
+                           directories=[] if os.path.isdir(disk["pool_dir"]) else [disk["pool_dir"]])
         try:
             pools[disk["pool_dir"]] = storage.ensure_pool(conn, disk["pool_dir"], disk.get("pool"))[0]
         except Exception as exc:  # libvirtError, OSError
@@ -693,6 +697,9 @@ def rollback(conn, journal, libvirt):
                 attempt("stop pool %s" % directory, pool.destroy)
             attempt("undefine pool %s" % directory, pool.undefine)
             undone["pools"].append(directory)
+    for directory in data.get("directories") or []:
+        if os.path.isdir(directory) and not os.listdir(directory):
+            attempt("remove directory %s" % directory, os.rmdir, directory)
     return undone
 
 
