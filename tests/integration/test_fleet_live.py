@@ -14,7 +14,7 @@ import libvirt
 import pytest
 
 import testbed
-from conftest import ROOT, run_module
+from conftest import ROOT, run_module, run_playbook
 
 IMAGES = testbed.IMAGE_DIR
 PREFIX = "hpcvirt-fleet-"
@@ -319,3 +319,16 @@ def test_bad_input_is_refused_and_creates_nothing(conn, fleet, case, needle):
             assert handle.read() == b"not ours"                 # left untouched
         os.unlink(squatter)
     assert overlays(fleet) == [] and not os.path.exists(journal(fleet))
+
+
+def test_provision_playbook_takes_a_fleet_from_the_inventory_variables(conn, fleet):
+    fleets = {"vse_instances": [], "vse_fleets": [{"name": fleet, "count": 3, "addresses": {"net0": "10.77.3.0/24"}}]}
+    first = run_playbook("playbooks/provision.yml", extra_vars=fleets)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert fleet_domains(conn, fleet) == ["%s-001" % fleet, "%s-002" % fleet, "%s-003" % fleet]
+    assert "fleet %s:" % fleet in first.stdout      # the playbook's summary of the fleet
+    second = run_playbook("playbooks/provision.yml", extra_vars=fleets)
+    assert second.returncode == 0 and "changed=0" in second.stdout, second.stdout
+    gone = run_playbook("playbooks/provision.yml", "-e", "vse_state=absent", extra_vars=fleets)
+    assert gone.returncode == 0, gone.stdout + gone.stderr
+    assert fleet_domains(conn, fleet) == []
