@@ -101,16 +101,16 @@ def playbook(path, plays):
 
 
 def run_fleet(count):
+    vse = {"domain_type": "qemu", "memory": 128, "vcpus": 1,
+           "boot": {"kernel": KERNEL, "initrd": INITRD, "cmdline": "console=ttyS0 quiet hpcvirt.hostname={hostname}"},
+           "disks": [{"dev": "vda", "master": MASTER, "pool": POOL, "pool_dir": POOL_DIR}],
+           "networks": [{"name": "net0", "type": "user"}]}
+    fleet = {"name": PREFIX, "pattern": "%s-[001:%03d]" % (PREFIX, count), "batch_size": 50, "vse": vse}
+    timings = {"content": "{{ result.timings | to_json }}", "dest": os.path.join(WORK, "fleet-timings.json")}
     play = [{"hosts": "localhost", "gather_facts": False, "connection": "local",
              "vars": {"ansible_python_interpreter": "/usr/bin/python3"},
-             "tasks": [{"name": "Fleet", "register": "result", "hpcvirt.regime.fleet": {
-                 "name": PREFIX, "pattern": "%s-[001:%03d]" % (PREFIX, count), "batch_size": 50,
-                 "vse": {"domain_type": "qemu", "memory": 128, "vcpus": 1,
-                         "boot": {"kernel": KERNEL, "initrd": INITRD, "cmdline": "console=ttyS0 quiet hpcvirt.hostname={hostname}"},
-                         "disks": [{"dev": "vda", "master": MASTER, "pool": POOL, "pool_dir": POOL_DIR}],
-                         "networks": [{"name": "net0", "type": "user"}]}}},
-                 {"name": "Timings", "ansible.builtin.copy": {"content": "{{ result.timings | to_json }}",
-                                                              "dest": os.path.join(WORK, "fleet-timings.json")}}]}]
+             "tasks": [{"name": "Fleet", "register": "result", "hpcvirt.regime.fleet": fleet},
+                       {"name": "Timings", "ansible.builtin.copy": timings}]}]
     path = playbook(os.path.join(WORK, "fleet.yml"), play)
     start = time.monotonic()
     proc = subprocess.run(["ansible-playbook", path, "-i", "localhost,"], env=ansible_env(), cwd=ROOT,
