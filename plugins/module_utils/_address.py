@@ -115,3 +115,15 @@ def allocate_ip(name, range_text, taken, current=None):
 def range_prefix(range_text):
     """The prefix length of a network range, None for an a-b range."""
     return _range_bounds(range_text)[2]
+
+
+def range_addresses(range_text, count):
+    """The first ``count`` addresses of a range in order, and its prefix length (None for a-b).
+
+    For a fleet: member k gets the k-th address. Raises AddressError when the range holds fewer.
+    """
+    first, last, prefix, version = _range_bounds(range_text)
+    size = last - first + 1
+    if size < count:
+        raise AddressError("address range %s holds %d addresses, %d members need one each" % (range_text, size, count))
+    return [_to_text(first + offset, version) for offset in range(count)], prefix

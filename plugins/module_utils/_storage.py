@@ -123,9 +123,28 @@ def volume_exists(conn, path):
 def create_overlay(conn, directory, pool_name, domain, dev, master, size_bytes=None):
     """Create the overlay volume of ``dev`` for ``domain`` backed by ``master``; return its path."""
     pool, _created = ensure_pool(conn, directory, pool_name)
+    return create_overlay_in_pool(pool, domain, dev, master, size_bytes)
+
+
+def create_overlay_in_pool(pool, domain, dev, master, size_bytes=None):
+    """``create_overlay`` in a pool the caller has ensured already (a fleet creates hundreds in one
+    pool: ensuring and refreshing the pool once, not per volume, is most of the saving)."""
     capacity = max(size_bytes or 0, image_size(master))
     vol = pool.createXML(overlay_xml(overlay_name(domain, dev), capacity, master, image_format(master)), 0)
     return vol.path()
+
+
+def qcow2_backing_file(path):
+    """The backing file name recorded in a qcow2 header; None for no backing file or not qcow2."""
+    with open(path, "rb") as handle:
+        header = handle.read(20)
+        if len(header) < 20 or header[:4] != QCOW2_MAGIC:
+            return None
+        offset, size = struct.unpack(">QI", header[8:20])
+        if not offset or not size:
+            return None
+        handle.seek(offset)
+        return handle.read(size).decode("utf-8", "replace")
 
 
 def delete_volume(conn, path):
@@ -145,3 +164,23 @@ def delete_volume(conn, path):
         return False
     vol.delete(0)
     return True
+
+
+def delete_volumes(conn, paths):
+    """``delete_volume`` for many paths, refreshing each pool once; returns the paths deleted."""
+    import libvirt
+
+    for directory in sorted(set(os.path.dirname(path) for path in paths)):
+        pool = find_pool_by_path(conn, directory)
+        if pool is not None and pool.isActive():
+            pool.refresh(0)
+    deleted = []
+    for path in paths:
+        try:
+            conn.storageVolLookupByPath(path).delete(0)
+        except libvirt.libvirtError:
+            if not os.path.exists(path):
+                continue
+            os.unlink(path)   # not in any active pool: remove the file itself
+        deleted.append(path)
+    return deleted

@@ -1,0 +1,450 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright (c) hpcvirt.regime contributors
+# GNU General Public License v3.0+ (see LICENSES/GPL-3.0-or-later.txt or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: fleet
+short_description: Fleets - many guests of one VSE from one master image, created all or none
+version_added: 0.1.0
+description:
+  - Creates, grows, shrinks and removes a fleet of guests of one Virtual System Environment (an
+    on-demand virtual cluster for a job) on a node, in one module call over one libvirt connection.
+  - Every member is the guest M(hpcvirt.regime.vse) would build for the same spec (same layer
+    merge, placement, addresses, copy-on-write overlay of the master image, domain XML), with its
+    own name, address, hostname and optional override, and C(<hpcvirt:fleet name=... index=...>) in
+    its metadata.
+  - "All or nothing: the whole request is validated first (member names free, addresses free, master
+    images present, room for the overlays in each pool directory, memory for the members to start),
+    then overlays are created and domains defined in batches, then members are started with at most
+    O(start_concurrency) starts at a time. On any failure the run rolls back exactly what it created
+    (domains, redefinitions, started members, overlays, pools) and fails naming the member and the cause."
+  - A journal (C(/var/lib/hpcvirt/journal/fleet-<name>.json)) lists everything a run is about to create
+    before it creates anything, and is updated after each batch. A run that was killed (SIGKILL, a lost
+    node) leaves it behind; the next run of the same fleet completes that work when its request still
+    validates, or rolls it back, and then removes the journal.
+  - Idempotent. Members that exist and match are kept; members whose definition differs are
+    redefined (persistent configuration; a running one is listed in RV(restart_required)); members
+    the request no longer names (a smaller O(count)) are removed, highest first, running ones only
+    with O(force=true).
+author:
+  - hpcvirt.regime developers (@hpcvirt)
+extends_documentation_fragment:
+  - hpcvirt.regime.libvirt
+attributes:
+  check_mode:
+    support: full
+    description: Validates the whole request and returns the plan a real run would carry out.
+  diff_mode:
+    support: full
+    description: Shows, per member, what is created, redefined, started or removed.
+options:
+  name:
+    description:
+      - Name of the fleet. It tags every member's metadata and names the journal.
+    type: str
+    required: true
+  state:
+    description:
+      - C(present) makes the fleet's members exist (and the first O(start) run).
+      - C(absent) removes every member of the fleet (running ones need O(force=true)).
+    type: str
+    choices: [present, absent]
+    default: present
+  pattern:
+    description:
+      - Member names, in Ansible's inventory range syntax, for example C(job42-[001:200]) or
+        C(rack[a:b]-n[1:4]). Commas separate terms; several ranges in one term multiply.
+      - The order of the names is the order of the members. A pattern that yields a name twice is an error.
+      - Without a pattern the members are C(<name>-001) to C(<name>-<count>).
+    type: str
+  count:
+    description:
+      - Number of members. With O(pattern), the first O(count) names of the pattern (an error when the
+        pattern yields fewer). Lowering it removes the highest members.
+    type: int
+  vse:
+    description:
+      - The fleet's VSE spec (keys as in M(hpcvirt.regime.vse)), applied as the last layer after O(layers).
+    type: dict
+    aliases: [spec]
+  layers:
+    description:
+      - Ordered VSE layers C({name, spec}), merged as M(hpcvirt.regime.vse) merges them.
+    type: list
+    elements: dict
+    default: []
+  addresses:
+    description:
+      - Per network name, an address range (C(10.1.0.10-10.1.0.209) or C(10.1.0.0/24), netaddr forms).
+        Member k gets the range's k-th address. The range must hold at least as many addresses as
+        the fleet has members. Without it, a network's C(ip_range) allocates per member as in
+        M(hpcvirt.regime.vse).
+    type: dict
+    default: {}
+  hostnames:
+    description:
+      - A pattern of hostnames (same syntax as O(pattern)); member k gets the k-th. It must yield at
+        least as many names as the fleet has members.
+    type: str
+  overrides:
+    description:
+      - Per member name, a VSE layer applied after the fleet's spec for that member only.
+    type: dict
+    default: {}
+  start:
+    description:
+      - How many members run, the lowest-indexed first; C(-1) for all. Members beyond this number are
+        left as they are (running ones are not stopped).
+    type: int
+    default: 0
+  start_concurrency:
+    description:
+      - At most this many members start at once.
+    type: int
+    default: 4
+  batch_size:
+    description:
+      - Overlays created and domains defined per batch; the journal is written after each batch.
+    type: int
+    default: 50
+  force:
+    description:
+      - Let the run destroy running members it removes (a smaller O(count), or O(state=absent)).
+    type: bool
+    default: false
+  lock_timeout:
+    description:
+      - Seconds to wait for another fleet run on the node to finish (fleet runs are serialised per node).
+    type: int
+    default: 300
+notes:
+  - "Memory admission counts only the members this run starts: each needs its memory plus 64 MiB for
+    QEMU, against the node's C(MemAvailable) (hugepage-backed members: free hugepages of their size).
+    Defined but stopped guests hold no memory, so they are not counted."
+  - "Room for overlays: 256 KiB per new overlay (a qcow2 overlay starts at about 192 KiB) in its pool
+    directory, and one inode each. A pool that fills up part-way anyway (another writer) fails the run,
+    which is then rolled back."
+  - "Addresses are recorded in each member's metadata (as with M(hpcvirt.regime.vse)) and in the
+    journal while the run lasts; other hpcvirt guests' addresses are never given out."
+  - Fleet runs on one node are serialised by a lock on the journal directory.
+seealso:
+  - module: hpcvirt.regime.vse
+"""
+
+EXAMPLES = r"""
+- name: A 200-guest virtual cluster for job 42, four of them started
+  hpcvirt.regime.fleet:
+    name: job42
+    pattern: job42-[001:200]
+    layers:
+      - name: vendor
+        spec: "{{ vse_layer_vendor }}"
+      - name: site
+        spec: "{{ vse_layer_site }}"
+    vse:
+      memory: 256
+    addresses:
+      net0: 10.77.1.0/24
+    hostnames: n[001:200].job42.cluster
+    overrides:
+      job42-001:
+        memory: 1024
+    start: 4
+    start_concurrency: 2
+
+- name: Shrink it to 100 members (the highest go, running ones destroyed)
+  hpcvirt.regime.fleet:
+    name: job42
+    pattern: job42-[001:200]
+    count: 100
+    layers: "{{ job42_layers }}"
+    force: true
+
+- name: Remove the fleet
+  hpcvirt.regime.fleet:
+    name: job42
+    state: absent
+    force: true
+"""
+
+RETURN = r"""
+members:
+  description: One entry per member of the request (and per member removed), in member order.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: Domain name.
+      type: str
+    index:
+      description: Position in the fleet (1-based).
+      type: int
+    action:
+      description: C(create), C(update), C(keep) or C(remove).
+      type: str
+    state:
+      description: Domain state after the run (C(running), C(shutoff), C(absent)).
+      type: str
+    addresses:
+      description: Network name to address.
+      type: dict
+    hostname:
+      description: Hostname given to the guest.
+      type: str
+  sample:
+    - {name: job42-001, index: 1, action: create, state: running, addresses: {net0: 10.77.1.1}, hostname: n001}
+counts:
+  description: Number of members per action, and of members started.
+  returned: always
+  type: dict
+  sample: {create: 200, update: 0, keep: 0, remove: 0, start: 4}
+plan:
+  description: The steps of the run (or, in check mode, of the run that would happen).
+  returned: always
+  type: list
+  elements: dict
+restart_required:
+  description: Running members whose persistent definition changed; the change applies at their next start.
+  returned: always
+  type: list
+  elements: str
+recovered:
+  description:
+    - What was done with the journal of an interrupted run, if there was one (C(action) C(completed)
+      or C(rolled_back), C(journal), and for a roll-back what was undone).
+  returned: always
+  type: dict
+timings:
+  description: Milliseconds per phase (C(validate), C(pools), C(overlays), C(define), C(start), C(remove), C(rollback)).
+  returned: always
+  type: dict
+  sample: {validate: 180.2, overlays: 3120.5, define: 640.1, start: 2100.7}
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _fleet as fleet
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
+from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import CgroupError
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan, Timings
+from ansible_collections.hpcvirt.regime.plugins.module_utils._vse import VseError, layer_names, merge_layers
+
+
+def fleet_layers(params):
+    layers = list(params["layers"] or [])
+    if params["vse"] is not None:
+        layers.append({"name": "vse", "spec": params["vse"]})
+    return layers
+
+
+def validate_request(module, conn, older):
+    """Everything checked before anything is created; returns the run's members and what it does."""
+    params = module.params
+    try:
+        names = fleet.member_names(params["name"], params["pattern"], params["count"])
+        layers = fleet_layers(params)
+        base, _provenance = merge_layers(layers)
+        specs = fleet.member_specs(params["name"], base, names, params["hostnames"], params["addresses"],
+                                   params["overrides"])
+        guests = fleet.read_guests(conn, lv.libvirt)
+        layout = fleet.read_layout("/")
+        members = fleet.classify(fleet.resolve_members(params["name"], names, specs, layer_names(layers), guests, layout))
+        adoptable = set(older.data.get("overlays") or []) if older else set()
+        overlays = fleet.check_files(members, adoptable)
+        fleet.check_space([disk for disk in overlays if not disk.get("replace")])
+        running = fleet.wanted_running(members, params["start"])
+        to_start = [m for m in members if m["name"] in running and not (m["guest"] and m["guest"]["active"])]
+        fleet.check_memory(to_start)
+        gone = fleet.removals(params["name"], names, guests, params["force"])
+    except (fleet.FleetError, VseError, CgroupError, ValueError) as exc:
+        return None, str(exc)
+    return {"members": members, "guests": guests, "overlays": overlays, "to_start": to_start, "gone": gone}, None
+
+
+def build_plan(request, older):
+    plan = Plan()
+    if older is not None:
+        plan.add("complete_interrupted_run", older.path, before="journal", after=None)
+    for disk in request["overlays"]:
+        plan.add("create_overlay", disk["path"], before=None, after={"backing": disk["master"]}, member=disk["member"])
+    for member in request["members"]:
+        if member["action"] == "create":
+            plan.add("define", member["name"], before=None, after=fleet.summary(member))
+        elif member["action"] == "update":
+            plan.add("redefine", member["name"], before={f: have for f, have, _unused in member["changes"]},
+                     after={f: want for f, _unused, want in member["changes"]})
+    for member in request["to_start"]:
+        plan.add("start", member["name"], before="shutoff", after="running")
+    for name in request["gone"]:
+        guest = request["guests"][name]
+        plan.add("remove", name, before="running" if guest["active"] else "shutoff", after=None)
+    return plan
+
+
+def apply(module, conn, request, journal, timings):
+    params = module.params
+    members = request["members"]
+    try:
+        with timings.measure("pools"):
+            pools = fleet.ensure_pools(conn, request["overlays"], journal, lv.error_text)
+        with timings.measure("overlays"):
+            fleet.create_overlays(conn, request["overlays"], pools, params["batch_size"], journal, lv.error_text)
+        with timings.measure("define"):
+            fleet.define_members(conn, [m for m in members if m["action"] != "keep"], params["batch_size"],
+                                 journal, lv.libvirt, lv.error_text)
+        with timings.measure("start"):
+            fleet.start_members(conn, [m["name"] for m in request["to_start"]], params["start_concurrency"],
+                                journal, lv.libvirt, lv.error_text)
+    except fleet.MemberFailure as failure:
+        with timings.measure("rollback"):
+            undone = fleet.rollback(conn, journal, lv.libvirt)
+        if not undone["errors"]:
+            journal.remove()
+        module.fail_json(msg="%s; %s" % (failure, fleet.describe_rollback(undone)), member=failure.member,
+                         action=failure.action, rollback=undone, timings=timings.to_dict())
+    if request["gone"]:
+        journal.record(phase="remove")
+        with timings.measure("remove"), lv.libvirt_errors(module, "removing members of fleet '%s'" % params["name"]):
+            fleet.remove_members(conn, request["guests"], request["gone"], lv.libvirt)
+    journal.remove()
+
+
+def member_results(conn, request):
+    results = []
+    started = set(m["name"] for m in request["to_start"])
+    for member in request["members"]:
+        dom = lv.find_domain(conn, member["name"])
+        state = lv.DOMAIN_STATES.get(dom.state()[0], "unknown") if dom is not None else "absent"
+        results.append(dict(name=member["name"], index=member["index"], action=member["action"],
+                            state=state, started=member["name"] in started, **fleet.summary(member)))
+    for name in request["gone"]:
+        results.append({"name": name, "action": "remove",
+                        "state": "absent" if lv.find_domain(conn, name) is None else "present"})
+    return results
+
+
+def counts(request):
+    out = {action: 0 for action in ("create", "update", "keep")}
+    for member in request["members"]:
+        out[member["action"]] += 1
+    out["remove"] = len(request["gone"])
+    out["start"] = len(request["to_start"])
+    return out
+
+
+def recover_by_rollback(module, conn, older, timings):
+    """Roll back what the journal of a killed run lists; returns the ``recovered`` result."""
+    if older is None:
+        return {}
+    if module.check_mode:
+        return {"action": "rollback", "journal": older.path}
+    with timings.measure("rollback"):
+        undone = fleet.rollback(conn, older, lv.libvirt)
+    if undone["errors"]:
+        module.fail_json(msg="the interrupted run's journal %s could not be rolled back: %s"
+                             % (older.path, "; ".join(undone["errors"])), rollback=undone)
+    older.remove()
+    return {"action": "rolled_back", "journal": older.path, "undone": undone}
+
+
+def run_present(module, conn, older, timings):
+    with timings.measure("validate"):
+        request, error = validate_request(module, conn, older)
+    if error:
+        recovered = recover_by_rollback(module, conn, older, timings)
+        if recovered:
+            error += "; the interrupted run's journal was %s" % (
+                "rolled back (%s)" % fleet.describe_rollback(recovered["undone"]) if "undone" in recovered
+                else "left for a real run")
+        module.fail_json(msg=error, recovered=recovered, timings=timings.to_dict())
+    plan = build_plan(request, older)
+    restart = [m["name"] for m in request["members"] if m["action"] == "update" and m["guest"]["active"]]
+    recovered = {"action": "completed", "journal": older.path} if older is not None else {}
+    if not module.check_mode and plan:
+        journal = fleet.Journal(module.params["name"])
+        if older is not None:
+            journal.inherit(older)
+        journal.save()
+        apply(module, conn, request, journal, timings)
+    return plan, request, restart, recovered
+
+
+def run_absent(module, conn, older, timings):
+    recovered = recover_by_rollback(module, conn, older, timings)
+    plan = Plan()
+    if recovered:
+        plan.add("rollback_interrupted_run", older.path, before="journal", after=None)
+    try:
+        guests = fleet.read_guests(conn, lv.libvirt)
+        gone = fleet.removals(module.params["name"], [], guests, module.params["force"])
+    except fleet.FleetError as exc:
+        module.fail_json(msg=str(exc), recovered=recovered)
+    for name in gone:
+        plan.add("remove", name, before="running" if guests[name]["active"] else "shutoff", after=None)
+    if gone and not module.check_mode:
+        with timings.measure("remove"), lv.libvirt_errors(module, "removing fleet '%s'" % module.params["name"]):
+            fleet.remove_members(conn, guests, gone, lv.libvirt)
+    request = {"members": [], "gone": gone, "to_start": []}
+    return plan, request, [], recovered
+
+
+def main():
+    argument_spec = lv.libvirt_argument_spec()
+    argument_spec.update(
+        name=dict(type="str", required=True),
+        state=dict(type="str", default="present", choices=["present", "absent"]),
+        pattern=dict(type="str"),
+        count=dict(type="int"),
+        vse=dict(type="dict", aliases=["spec"]),
+        layers=dict(type="list", elements="dict", default=[]),
+        addresses=dict(type="dict", default={}),
+        hostnames=dict(type="str"),
+        overrides=dict(type="dict", default={}),
+        start=dict(type="int", default=0),
+        start_concurrency=dict(type="int", default=4),
+        batch_size=dict(type="int", default=50),
+        force=dict(type="bool", default=False),
+        lock_timeout=dict(type="int", default=300),
+    )
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    lv.require_libraries(module)
+    name = module.params["name"]
+    if not fleet.FLEET_NAME.match(name):
+        module.fail_json(msg="name: '%s' is not a fleet name (letters, digits, '.', '_', '-')" % name)
+    for key in ("start_concurrency", "batch_size"):
+        if module.params[key] < 1:
+            module.fail_json(msg="%s: must be at least 1, got %d" % (key, module.params[key]))
+    timings = Timings()
+    conn = lv.open_connection(module)
+    try:
+        lock = fleet.NodeLock(timeout=module.params["lock_timeout"])
+        with lock:
+            older = fleet.Journal.load(name)
+            if module.params["state"] == "absent":
+                plan, request, restart, recovered = run_absent(module, conn, older, timings)
+            else:
+                plan, request, restart, recovered = run_present(module, conn, older, timings)
+    except fleet.FleetError as exc:
+        module.fail_json(msg=str(exc))
+    except (OSError, ValueError) as exc:
+        module.fail_json(msg="journal: %s" % exc)
+    module.exit_json(
+        changed=plan.changed,
+        plan=plan.to_list(),
+        diff=plan.diff(header="fleet %s" % name),
+        members=member_results(conn, request),
+        counts=counts(request),
+        restart_required=restart,
+        recovered=recovered,
+        journal=os.path.join("/", fleet.journal_relpath(name)),
+        timings=timings.to_dict(),
+    )
+
+
+if __name__ == "__main__":
+    main()
