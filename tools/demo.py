@@ -54,7 +54,7 @@ def main():
     for name in GUESTS:
         path = testbed.domain_console_path(conn.lookupByName(name))
         tails[name] = testbed.HeartbeatTail(name, path=path).start()
-        testbed.wait_for_beats(name, 1, timeout=60) if path == testbed.console_path(name) else time.sleep(0.5)
+    time.sleep(0.5)
     try:
         ok = transition("space_shared", tails) and playbook("playbooks/status.yml")
         ok = transition("time_shared", tails) and ok
@@ -65,7 +65,9 @@ def main():
                       "max_gap_ms": round(max(tail.gaps_ms()), 1) if tail.gaps_ms() else None}
                for name, tail in tails.items()}
     print("=== heartbeats over the whole demo: %s" % json.dumps(summary))
-    return 0 if ok and playbook("playbooks/status.yml") else 1
+    ok = ok and playbook("playbooks/status.yml")
+    # A small fleet (20 defined, 4 started) from the same master image, then removed again.
+    return 0 if ok and playbook("playbooks/fleet-demo.yml") else 1
 
 
 if __name__ == "__main__":
