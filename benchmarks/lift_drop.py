@@ -144,8 +144,8 @@ def main():
     rows = [("live (module code path)", live), ("bare libvirt calls", bare), ("cold (destroy, redefine, start)", cold)]
     print("%-34s %6s %10s %10s %10s" % ("placement change", "n", "p50 ms", "p95 ms", "max ms"))
     for label, values in rows:
-        print("%-34s %6d %10.1f %10.1f %10.1f" % (label, len(values), statistics.median(values),
-                                                 percentile(values, 95), max(values)))
+        figures = (label, len(values), statistics.median(values), percentile(values, 95), max(values))
+        print("%-34s %6d %10.1f %10.1f %10.1f" % figures)
     print("heartbeat over %d live moves: max gap %.0f ms (interval %.0f ms), restarts %d"
           % (len(live), max(live_gaps), interval_ms, restarts_live))
     result = {

@@ -323,6 +323,7 @@ def plan_placements(layout, guests, requests, topology=None, refused=None):
         seen.add(request["name"])
         if request["name"] not in view.guests:
             raise PlacementError("guests[%d].name: no guest '%s' on this node" % (index, request["name"]))
+
     # Every guest being placed gives up the CPUs it holds now: only where it ends up counts. Lifts
     # come first; among drops, guests already on single CPUs of a partition keep their place first.
     def settled(request):

@@ -73,7 +73,7 @@ def assert_time_shared(enclave, web):
 
 def assert_beats_continued(*tails):
     for tail in tails:
-        seqs = [beat["seq"] for _, beat in tail.beats]
+        seqs = [beat["seq"] for _stamp, beat in tail.beats]
         assert tail.restarts() == 0, tail.name
         assert len(seqs) > 3 and seqs == sorted(seqs), tail.name
 
