@@ -6,8 +6,12 @@
 Run with the controller's Python (it has libvirt-python)::
 
     guests.py boot URI NAME [--vcpus N]      define and start a movable guest on URI, pinned to CPU 0
-    guests.py beat NAME [--wait N]           wait for N new heartbeats, print the last as JSON
+    guests.py beat NAME [--wait N]           wait for N new heartbeats, print the last as JSON with
+                                             the history of the console: boots seen, restarts
     guests.py remove NAME URI [URI ...]      remove the guest from every node, its overlay and console log
+    guests.py observe --node HOST=URI ... [--wait N] NAME ...
+                                             JSON {name: {running, defined, preempted: [hosts], beat}},
+                                             after N new heartbeats of the guests running somewhere
 
 A movable guest (tests/integration/multinode_nodes.py) has its overlay on the machine's file system,
 owned by the QEMU user, with DAC relabelling off, so every node of the test bed can run it.
@@ -60,6 +64,38 @@ def remove(name, uris):
             os.unlink(path)
 
 
+def history(beats):
+    """The last heartbeat, the boot ids seen and how often the counter restarted (a reboot)."""
+    restarts = sum(1 for before, after in zip(beats, beats[1:])
+                   if after["boot"] != before["boot"] or after["seq"] < before["seq"])
+    last = dict(beats[-1]) if beats else {}
+    last.update(boots=sorted(set(b["boot"] for b in beats)), restarts=restarts, count=len(beats))
+    return last
+
+
+def observe(nodes, names, wait):
+    """Where each guest is (inventory hosts), and its heartbeat history."""
+    seen = {name: {"running": [], "defined": [], "preempted": []} for name in names}
+    for spec in nodes:
+        host, uri = spec.split("=", 1)
+        conn = libvirt.open(uri)
+        for name in names:
+            dom = multinode_nodes.find(conn, name)
+            if dom is None:
+                continue
+            seen[name]["defined"].append(host)
+            if dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING:
+                seen[name]["running"].append(host)
+            if dom.hasManagedSaveImage(0):
+                seen[name]["preempted"].append(host)
+        conn.close()
+    for name in names:
+        if wait and seen[name]["running"]:
+            testbed.wait_for_beats(name, wait, 120)
+        seen[name]["beat"] = history(testbed.read_beats(name))
+    return seen
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,12 +109,19 @@ def main(argv=None):
     p_remove = sub.add_parser("remove")
     p_remove.add_argument("name")
     p_remove.add_argument("uris", nargs="+")
+    p_observe = sub.add_parser("observe")
+    p_observe.add_argument("--node", action="append", default=[], help="HOST=URI")
+    p_observe.add_argument("--wait", type=int, default=0)
+    p_observe.add_argument("names", nargs="+")
     args = parser.parse_args(argv)
     if args.command == "boot":
         print(json.dumps(boot(args.uri, args.name, args.vcpus)))
     elif args.command == "beat":
-        beat = testbed.wait_for_beats(args.name, args.wait, 120) if args.wait else testbed.read_beats(args.name)[-1]
-        print(json.dumps(beat))
+        if args.wait:
+            testbed.wait_for_beats(args.name, args.wait, 120)
+        print(json.dumps(history(testbed.read_beats(args.name))))
+    elif args.command == "observe":
+        print(json.dumps(observe(args.node, args.names, args.wait)))
     else:
         remove(args.name, args.uris)
     return 0

@@ -54,7 +54,7 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description:
-    - C(moves) (name, from, to, memory_kb, vcpus), C(preempt) (name, from), C(stay) (guests left in
+    - C(moves) (name, from, to, pool of the destination, memory_kb, vcpus), C(preempt) (name, from), C(stay) (guests left in
       place, name and from) and C(destinations) (free_memory_mb, pool, active_vcpus before the moves).
   type: dict
 """

@@ -40,7 +40,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: C(moves) (name, from, to) and C(resume) (name, on).
+  description: C(moves) (name, from, to, pool of the home) and C(resume) (name, on).
   type: dict
 """
 
