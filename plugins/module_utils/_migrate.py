@@ -15,6 +15,7 @@ daemon itself) while a watcher thread follows the job, ``apply_placement`` pins 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from xml.etree import ElementTree
@@ -568,3 +569,104 @@ def _where_after_failure(libvirt, dom):
         return "source"
     except libvirt.libvirtError:
         return "unknown"
+
+
+# --------------------------------------------------------------------------------- evacuation plans
+# Pure functions over what hpcvirt.regime.node_info returned on each node (one result per
+# inventory host), so that a whole evacuation or restore is planned once, on the controller.
+
+
+def evacuation_candidates(domains, pattern=None):
+    """The time-shared guests of a node that an evacuation moves.
+
+    Running (or paused) guests that are not placed dedicated (pinned into a partition) by what
+    is observed nor by hpcvirt's intent, and whose name matches the regular expression
+    ``pattern`` (searched; empty or None matches every name). Returns dicts name, memory_kb, vcpus.
+    """
+    matcher = re.compile(pattern) if pattern else None
+    chosen = []
+    for dom in domains:
+        placement = dom.get("placement") or {}
+        if not dom.get("active") or "dedicated" in (placement.get("observed"), placement.get("intent")):
+            continue
+        if matcher is not None and not matcher.search(dom["name"]):
+            continue
+        chosen.append({"name": dom["name"], "memory_kb": int(dom.get("max_memory_kb") or dom["memory_kb"]),
+                       "vcpus": int(dom["vcpus"]["current"])})
+    return chosen
+
+
+def node_capacity(name, node):
+    """Free memory, pool CPUs and running vCPUs of a node_info result.
+
+    Free memory is the free memory of the NUMA nodes, the figure libvirt's getFreeMemory gives and
+    the migrate module checks on arrival, so a plan never promises what the migration refuses.
+    """
+    return {
+        "name": name,
+        "free_memory_kb": sum(int(cell["mem_free_kb"]) for cell in node["topology"]["numa_nodes"]),
+        "pool": parse_cpulist(node["layout"]["pool"]),
+        "active_vcpus": sum(int(d["vcpus"]["current"]) for d in node["domains"] if d.get("active")),
+    }
+
+
+def plan_evacuation(sources, destinations, strategy="spread", reserve_memory_mb=0, vcpu_overcommit=0.0,
+                    pattern=None):
+    """Where every time-shared guest of the ``sources`` goes.
+
+    ``sources``/``destinations``: {inventory host: node_info result}; a host in both is a source
+    only (a node being evacuated takes no guests). Returns a dict: ``moves`` (name, from, to, pool
+    of the destination, memory_kb, vcpus), ``preempt`` (name, from: the guests that fit on no destination), ``stay``
+    (name, from: dedicated or unmatched guests left in place) and ``destinations`` (capacity
+    before the moves, free_memory_mb, pool, active_vcpus).
+    Raises ValueError for a guest name found on two sources (names must be unique to be moved).
+    """
+    guests, origin, stay = [], {}, []
+    for host in sorted(sources):
+        moving = evacuation_candidates(sources[host]["domains"], pattern)
+        names = set(g["name"] for g in moving)
+        for guest in moving:
+            if guest["name"] in origin:
+                raise ValueError("guest %s is running on both %s and %s" % (guest["name"], origin[guest["name"]], host))
+            origin[guest["name"]] = host
+            guests.append(guest)
+        stay.extend({"name": d["name"], "from": host} for d in sources[host]["domains"]
+                    if d.get("active") and d["name"] not in names)
+    nodes = [node_capacity(host, destinations[host]) for host in sorted(destinations) if host not in sources]
+    placed, homeless = choose_destinations(guests, nodes, strategy, reserve_memory_mb, vcpu_overcommit)
+    by_name = {g["name"]: g for g in guests}
+    moves = [{"name": name, "from": origin[name], "to": placed[name], "pool": destinations[placed[name]]["layout"]["pool"],
+              "memory_kb": by_name[name]["memory_kb"], "vcpus": by_name[name]["vcpus"]} for name in sorted(placed)]
+    return {
+        "moves": moves,
+        "preempt": [{"name": name, "from": origin[name]} for name in homeless],
+        "stay": sorted(stay, key=lambda s: (s["from"], s["name"])),
+        "destinations": {n["name"]: {"free_memory_mb": n["free_memory_kb"] // 1024, "pool": format_cpulist(n["pool"]),
+                                     "active_vcpus": n["active_vcpus"]} for n in nodes},
+    }
+
+
+def plan_restore(nodes, homes, pattern=None):
+    """What brings the guests of the ``homes`` back, from their own hpcvirt metadata only.
+
+    ``nodes``: {inventory host: node_info result} of every node a guest may be on (the homes
+    included); ``homes``: the hosts returning to time-shared. A guest whose ``migration`` element
+    names a home (by libvirt host name) and that runs elsewhere moves home; a guest on a home that
+    was preempted there (managed save image, ``checkpoint state=preempted``) is resumed.
+    Returns ``moves`` (name, from, to, pool of the home) and ``resume`` (name, on).
+    """
+    matcher = re.compile(pattern) if pattern else None
+    host_of = {nodes[host]["hostname"]: host for host in sorted(nodes)}
+    moves, resume = [], []
+    for host in sorted(nodes):
+        for dom in nodes[host]["domains"]:
+            if matcher is not None and not matcher.search(dom["name"]):
+                continue
+            meta = dom.get("hpcvirt") or {}
+            home = host_of.get((meta.get("migration") or {}).get("home_host"))
+            if dom.get("active") and home in homes and home != host:
+                moves.append({"name": dom["name"], "from": host, "to": home, "pool": nodes[home]["layout"]["pool"]})
+            elif host in homes and not dom.get("active") and dom.get("managed_save") \
+                    and (meta.get("checkpoint") or {}).get("state") == "preempted":
+                resume.append({"name": dom["name"], "on": host})
+    return {"moves": sorted(moves, key=lambda m: m["name"]), "resume": sorted(resume, key=lambda r: r["name"])}

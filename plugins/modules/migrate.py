@@ -256,9 +256,17 @@ timings:
   description: Milliseconds per operation (connect, capacity, migrate, stats, place) and wall time.
   returned: always
   type: dict
+window:
+  description:
+    - When the migration job started and ended, in seconds since the epoch (the controller can
+      check how many migrations overlapped, for example under a concurrency limit).
+  returned: when the guest moved or a migration was attempted
+  type: dict
+  sample: {"start": 1732361230.52, "end": 1732361232.11}
 """
 
 import datetime
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
@@ -456,6 +464,7 @@ def migrate_and_place(module, libvirt, source_conn, dest_conn, source, dest, pla
     step = plan.steps[0]
     flags = mg.flags_value(libvirt, step.detail["flags"])
     metadata = read_domain_metadata(dom)
+    result["window"] = {"start": time.time()}
     with timings.measure("migrate"):
         try:
             outcome = mg.migrate_guest(
@@ -465,6 +474,7 @@ def migrate_and_place(module, libvirt, source_conn, dest_conn, source, dest, pla
                 postcopy_after_ms=p["postcopy_after_ms"], timeout_ms=p["timeout"] * 1000,
                 recover_attempts=p["postcopy_recover_attempts"])
         except mg.MigrationError as exc:
+            result["window"]["end"] = time.time()
             result["postcopy"] = exc.detail
             result["changed"] = exc.guest_on != "source"
             where = {"source": "it is still running on the source %s" % result["source"]["hostname"],
@@ -473,6 +483,7 @@ def migrate_and_place(module, libvirt, source_conn, dest_conn, source, dest, pla
                      "unknown": "its state on the source could not be read"}.get(exc.guest_on, exc.guest_on)
             module.fail_json(msg="migrating '%s' to %s failed: %s; %s" % (name, p["dest_uri"], exc, where),
                              guest_on=exc.guest_on, **result)
+    result["window"]["end"] = time.time()
     result["postcopy"] = outcome
     with lv.libvirt_errors(module, "reading '%s' on the destination after the migration" % name):
         arrived = dest_conn.lookupByName(name)
