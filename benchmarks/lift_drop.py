@@ -104,6 +104,11 @@ def main():
     args = parser.parse_args()
 
     conn = testbed.connect()
+    others = [d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)]
+    if others:
+        sys.exit("run on a quiet node: these guests are running and would share the CPUs measured: %s "
+                 "(remove the demo guests with: ansible-playbook playbooks/provision.yml -e vse_state=absent "
+                 "-e vse_force=true)" % ", ".join(sorted(others)))
     carve = run_module("hpcvirt.regime.partition", {"housekeeping": "0", "partitions": [{"name": "p1", "cpus": "1"}]})
     if carve.get("failed"):
         sys.exit("cannot carve partition p1: %s" % carve["msg"])

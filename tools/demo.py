@@ -9,6 +9,7 @@ timings and every guest's largest heartbeat gap and restart count.
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,19 +31,34 @@ def playbook(*args):
     return proc.returncode == 0
 
 
-def transition(regime, tails):
+def heartbeat_interval_ms(dom):
+    match = re.search(r"hpcvirt\.hb_ms=(\d+)", dom.XMLDesc(0))
+    return int(match.group(1)) if match else 100
+
+
+def wait_until_beating(tails, count=2, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(len(tail.beats) >= count for tail in tails.values()):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def transition(regime, tails, intervals):
     marks = {name: tail.mark() for name, tail in tails.items()}
     started = time.monotonic()
     ok = playbook("playbooks/reconfigure.yml", "-e", "regime=%s" % regime)
     wall_ms = (time.monotonic() - started) * 1000
-    time.sleep(1.0)            # let every guest beat again after the change
-    print("=== time_shared/space_shared transition to %s: %s in %.0f ms (playbook wall time)"
+    time.sleep(2.0)            # let every guest beat again after the change
+    print("=== transition to %s: %s in %.0f ms (playbook wall time)"
           % (regime, "done" if ok else "FAILED", wall_ms))
     for name, tail in tails.items():
         gaps = tail.gaps_ms(marks[name])
         last = tail.last()
-        print("    %-22s heartbeat gap max %7.0f ms over %3d beats, restarts %d, last seq %s"
-              % (name, max(gaps) if gaps else 0.0, len(gaps), tail.restarts(), last["seq"] if last else "-"))
+        print("    %-22s largest heartbeat gap %6.0f ms (beats every %d ms) over %3d beats, restarts %d, "
+              "last seq %s" % (name, max(gaps) if gaps else 0.0, intervals[name], len(gaps), tail.restarts(),
+                               last["seq"] if last else "-"))
     return ok
 
 
@@ -50,14 +66,17 @@ def main():
     if not playbook("playbooks/provision.yml"):
         return 1
     conn = testbed.connect()
-    tails = {}
+    tails, intervals = {}, {}
     for name in GUESTS:
-        path = testbed.domain_console_path(conn.lookupByName(name))
-        tails[name] = testbed.HeartbeatTail(name, path=path).start()
-    time.sleep(0.5)
+        dom = conn.lookupByName(name)
+        intervals[name] = heartbeat_interval_ms(dom)
+        tails[name] = testbed.HeartbeatTail(name, path=testbed.domain_console_path(dom)).start()
     try:
-        ok = transition("space_shared", tails) and playbook("playbooks/status.yml")
-        ok = transition("time_shared", tails) and ok
+        if not wait_until_beating(tails):
+            print("the demo guests do not beat; see their console logs", file=sys.stderr)
+            return 1
+        ok = transition("space_shared", tails, intervals) and playbook("playbooks/status.yml")
+        ok = transition("time_shared", tails, intervals) and ok
     finally:
         for tail in tails.values():
             tail.stop()
