@@ -30,6 +30,29 @@ KERNEL_ARGS = ("isolcpus", "nohz_full", "rcu_nocbs")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
+def layout_argument_spec():
+    """The module options that describe a layout (partition and node_regime share them)."""
+    return dict(
+        housekeeping=dict(type="str"),
+        partitions=dict(type="list", elements="dict", default=[], options=dict(
+            name=dict(type="str", required=True),
+            cpus=dict(type="str"),
+            count=dict(type="int"),
+            numa_nodes=dict(type="list", elements="int"),
+            hugepages=dict(type="dict", options=dict(
+                size=dict(type="str", default="2M"),
+                count=dict(type="int", required=True),
+            )),
+            exclusive=dict(type="bool", default=True),
+            isolate=dict(type="bool", default=False),
+        )),
+        pool=dict(type="str", default="auto"),
+        irq_steering=dict(type="bool", default=False),
+        kernel_args=dict(type="list", elements="str", default=[], choices=list(KERNEL_ARGS)),
+        layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
+    )
+
+
 class LayoutError(ValueError):
     """Bad input: the message starts with the field it is about."""
 

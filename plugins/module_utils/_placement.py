@@ -29,6 +29,29 @@ _QUOTA_UNLIMITED_MAX = 17592186044415
 DEFAULT_SHARES = 1024
 
 
+def guests_argument_spec():
+    """The ``guests`` option of the placement and node_regime modules."""
+    return dict(type="list", elements="dict", options=dict(
+        name=dict(type="str", required=True),
+        placement=dict(type="str", required=True, choices=["dedicated", "shared"]),
+        partition=dict(type="str", default="auto"),
+        cpu_shares=dict(type="int"),
+        vcpu_quota=dict(type="int"),
+    ))
+
+
+def requests_from_params(entries):
+    """The module's ``guests`` entries as planner requests (unset values and a shared guest's
+    default partition left out)."""
+    requests = []
+    for entry in entries:
+        request = {k: v for k, v in entry.items() if v is not None}
+        if request.get("placement") == "shared":
+            request.pop("partition", None)
+        requests.append(request)
+    return requests
+
+
 class PlacementError(ValueError):
     """A placement that cannot be admitted or is badly asked for; the message says why."""
 

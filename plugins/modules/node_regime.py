@@ -240,6 +240,8 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._node import observ
 from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import (
     PlacementError,
     apply_guest_plan,
+    guests_argument_spec,
+    requests_from_params,
 )
 from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan, Timings
 from ansible_collections.hpcvirt.regime.plugins.module_utils._regime import (
@@ -265,43 +267,12 @@ def argument_spec():
     spec = lv.libvirt_argument_spec()
     spec.update(
         regime=dict(type="str", required=True, choices=["space_shared", "time_shared", "mixed"]),
-        housekeeping=dict(type="str", required=True),
-        partitions=dict(type="list", elements="dict", default=[], options=dict(
-            name=dict(type="str", required=True),
-            cpus=dict(type="str"),
-            count=dict(type="int"),
-            numa_nodes=dict(type="list", elements="int"),
-            hugepages=dict(type="dict", options=dict(
-                size=dict(type="str", default="2M"),
-                count=dict(type="int", required=True),
-            )),
-            exclusive=dict(type="bool", default=True),
-            isolate=dict(type="bool", default=False),
-        )),
-        pool=dict(type="str", default="auto"),
-        irq_steering=dict(type="bool", default=False),
-        kernel_args=dict(type="list", elements="str", default=[], choices=list(part.KERNEL_ARGS)),
-        guests=dict(type="list", elements="dict", default=[], options=dict(
-            name=dict(type="str", required=True),
-            placement=dict(type="str", required=True, choices=["dedicated", "shared"]),
-            partition=dict(type="str", default="auto"),
-            cpu_shares=dict(type="int"),
-            vcpu_quota=dict(type="int"),
-        )),
+        guests=dict(guests_argument_spec(), default=[]),
         overflow=dict(type="str", default="fail", choices=["fail", "preempt"]),
-        layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
     )
+    spec.update(part.layout_argument_spec())
+    spec["housekeeping"]["required"] = True
     return spec
-
-
-def requested_placements(entries):
-    requested = {}
-    for entry in entries:
-        request = {k: v for k, v in entry.items() if v is not None}
-        if request["placement"] == "shared":
-            request.pop("partition", None)
-        requested[request["name"]] = request
-    return requested
 
 
 def build_plan(decision, carve, regime_change):
@@ -437,8 +408,8 @@ def main():
             current_cpus = {name: cgroup.cpus for name, cgroup in cgroups.partitions().items()}
             target = layout_for_placement(part.resolve(spec, topology, current_cpus))
             check_regime(params["regime"], target)
-            decision = plan_regime(params["regime"], target, guests, requested_placements(params["guests"]),
-                                   topology, params["overflow"])
+            requested = {r["name"]: r for r in requests_from_params(params["guests"])}
+            decision = plan_regime(params["regime"], target, guests, requested, topology, params["overflow"])
             pins = predicted_pins(guests, decision["placements"], set(decision["preempt"]))
             layout, current = part.prepare(spec, topology, cgroups, layout_record, pins)
         except (RegimeError, PlacementError, part.LayoutError) as exc:

@@ -226,25 +226,9 @@ def argument_spec():
     spec = lv.libvirt_argument_spec()
     spec.update(
         state=dict(type="str", choices=["present", "absent"], default="present"),
-        housekeeping=dict(type="str"),
-        partitions=dict(type="list", elements="dict", default=[], options=dict(
-            name=dict(type="str", required=True),
-            cpus=dict(type="str"),
-            count=dict(type="int"),
-            numa_nodes=dict(type="list", elements="int"),
-            hugepages=dict(type="dict", options=dict(
-                size=dict(type="str", default="2M"),
-                count=dict(type="int", required=True),
-            )),
-            exclusive=dict(type="bool", default=True),
-            isolate=dict(type="bool", default=False),
-        )),
-        pool=dict(type="str", default="auto"),
-        irq_steering=dict(type="bool", default=False),
-        kernel_args=dict(type="list", elements="str", default=[], choices=list(part.KERNEL_ARGS)),
-        layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
         machine_cgroup=dict(type="str"),
     )
+    spec.update(part.layout_argument_spec())
     return spec
 
 

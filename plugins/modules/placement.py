@@ -151,7 +151,9 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._node import (
 from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import (
     PlacementError,
     apply_guest_plan,
+    guests_argument_spec,
     plan_placements,
+    requests_from_params,
 )
 from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan, Timings
 
@@ -159,13 +161,7 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan, 
 def main():
     argument_spec = lv.libvirt_argument_spec()
     argument_spec.update(
-        guests=dict(type="list", elements="dict", required=True, options=dict(
-            name=dict(type="str", required=True),
-            placement=dict(type="str", required=True, choices=["dedicated", "shared"]),
-            partition=dict(type="str", default="auto"),
-            cpu_shares=dict(type="int"),
-            vcpu_quota=dict(type="int"),
-        )),
+        guests=dict(guests_argument_spec(), required=True),
         affect=dict(type="str", default="both", choices=["both", "live", "config"]),
     )
     module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
@@ -180,12 +176,7 @@ def main():
     partitions = {p["name"]: p for p in layout["partitions"]}
     pool = parse_cpulist(layout["pool"])
 
-    requests = []
-    for entry in module.params["guests"]:
-        request = {k: v for k, v in entry.items() if v is not None}
-        if request.get("placement") == "shared":
-            request.pop("partition", None)
-        requests.append(request)
+    requests = requests_from_params(module.params["guests"])
 
     with lv.libvirt_errors(module, "reading guests"):
         with timings.measure("read"):
