@@ -350,6 +350,8 @@ def plan_placements(layout, guests, requests, topology=None, refused=None):
     # Every guest being placed gives up the CPUs it holds now: only where it ends up counts. Lifts
     # come first; among drops, guests already on single CPUs of a partition keep their place first.
     def settled(request):
+        if view.guests[request["name"]].get("resuming"):  # saved: its old pins hold nothing
+            return 1
         pins = _guest_pins(view.guests[request["name"]])
         used = frozenset().union(*pins) if pins else frozenset()
         return 0 if pins and all(len(p) == 1 for p in pins) and view.partition_of(min(used)) else 1

@@ -79,7 +79,10 @@ def _preempted_by_us(guest):
 
 def default_request(regime, guest, target):
     """Where a guest nobody named goes: it keeps a partition that survives unchanged, else the pool."""
-    placement = guest.get("placement") or {}
+    # A stopped or saved guest's pins are what it had when it stopped, read against today's layout
+    # (a pool guest saved on a time_shared node looks "dedicated" once that CPU is a partition):
+    # only its recorded intent counts.
+    placement = (guest.get("placement") or {}) if guest.get("active") else {}
     intent = (guest.get("hpcvirt") or {}).get("placement", {})
     partition = placement.get("partition") or intent.get("partition")
     if regime != "time_shared" and (placement.get("observed") == "dedicated" or intent.get("mode") == "dedicated"):
@@ -114,6 +117,9 @@ def plan_regime(regime, target, guests, requested, topology=None, overflow="fail
         if _preempted_by_us(guest):
             resume_candidates.append(guest["name"])
 
+    # Operator-named guests first, then running ones, then the ones to resume: the placement
+    # planner keeps this order among equals, so an inferred request never beats a named one.
+    involved.sort(key=lambda g: (g["name"] not in requested, not g["active"]))
     unfit, requests, planning = {}, [], []
     for guest in involved:
         request = dict(requested.get(guest["name"]) or default_request(regime, guest, target))
@@ -125,6 +131,7 @@ def plan_regime(regime, target, guests, requested, topology=None, overflow="fail
         view = dict(guest)
         if guest["name"] in resume_candidates:
             view["active"] = True          # it will run again, so it must be admitted like one
+            view["resuming"] = True
         planning.append(view)
 
     refused = {}

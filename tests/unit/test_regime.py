@@ -88,6 +88,29 @@ def test_guests_we_preempted_are_resumed_where_they_fit_again():
     assert decision["placements"]["enclave"][1]["mode"] == "shared"
 
 
+def test_a_saved_pool_guest_whose_old_pins_match_a_partition_stays_saved():
+    # Saved from a time_shared node whose pool was CPU 1; CPU 1 is partition p1 now.
+    saved = guest("web", ["1"], active=False, managed_save=True, observed="dedicated", partition="p1",
+                  placement={"mode": "shared"}, checkpoint={"state": "preempted", "by": "node_regime"})
+    enclave = guest("enclave", ["1"], observed="dedicated", partition="p1",
+                    placement={"mode": "dedicated", "partition": "p1"})
+    requested = {"enclave": {"name": "enclave", "placement": "dedicated", "partition": "p1"}}
+    assert default_request("space_shared", saved, SPACE) == {"name": "web", "placement": "shared"}
+    for order in ([saved, enclave], [enclave, saved]):
+        decision = plan_regime("space_shared", SPACE, order, requested, overflow="preempt")
+        assert list(decision["placements"]) == ["enclave"] and decision["preempt"] == []
+        assert decision["resume"] == [] and "web" in decision["untouched"]
+
+
+def test_a_named_guest_wins_a_partition_over_an_inferred_claim():
+    saved = guest("old", ["1"], active=False, managed_save=True,
+                  placement={"mode": "dedicated", "partition": "p1"}, checkpoint={"state": "preempted", "by": "node_regime"})
+    named = guest("new", ["0-1"])
+    requested = {"new": {"name": "new", "placement": "dedicated", "partition": "p1"}}
+    decision = plan_regime("space_shared", SPACE, [saved, named], requested, overflow="preempt")
+    assert list(decision["placements"]) == ["new"] and decision["resume"] == []
+
+
 def test_unknown_guest_is_refused():
     with pytest.raises(RegimeError, match="no guest 'ghost'"):
         plan_regime("time_shared", TIME, [], {"ghost": {"name": "ghost", "placement": "shared"}})
