@@ -8,11 +8,19 @@
 #   tools/slurm/testbed.sh status   what runs, and `sinfo`
 #   tools/slurm/testbed.sh env      print `export SLURM_CONF=...`
 #   tools/slurm/testbed.sh reboot-node NODE   restart one slurmd as if its node rebooted
+#   tools/slurm/testbed.sh restart-node NODE  restart one slurmd (what `systemctl restart slurmd`
+#                                             does on a real node after a regime change); also
+#                                             DIR/nodes/NODE/restart-slurmd
 #
 # Environment (defaults in brackets):
 #   HPCVIRT_SLURM_DIR    [/var/lib/hpcvirt/slurm-testbed]  everything lives here
 #   HPCVIRT_SLURM_NODES  [2]       number of nodes: node1 .. nodeN
 #   HPCVIRT_SLURM_PORT   [16817]   slurmctld's port; node i listens on PORT + i
+#   HPCVIRT_SLURM_LIVE_NODE         [none]  the node that is this machine for real: its helper
+#                                   reads the real /var/lib/hpcvirt/regime.json and switches with
+#                                   the collection's reconfigure playbook on inventories/local
+#   HPCVIRT_SLURM_ALLOW_USER_BOOT   [all users]  helpers.conf AllowUserBoot (who may make Slurm
+#                                   switch a node with -C)
 #
 # Each node's regime lives in DIR/nodes/<node>/regime.json (the file a real node keeps in
 # /var/lib/hpcvirt/regime.json); the node_features/helpers plugin reads it through the collection's
@@ -132,9 +140,18 @@ write_config() {
         echo "# A regime change is an Ansible run, far longer than the default 10 s."
         echo "ExecTime=600"
         echo "BootTime=120"
+        [ -z "${HPCVIRT_SLURM_ALLOW_USER_BOOT:-}" ] || echo "AllowUserBoot=$HPCVIRT_SLURM_ALLOW_USER_BOOT"
     } >"$DIR/etc/helpers.conf"
     for node in $(node_names); do
         mkdir -p "$DIR/nodes/$node" "$DIR/spool/$node"
+        # What `systemctl restart slurmd` is on a real node (the slurm role's slurmd restart command).
+        printf '#!/bin/sh\nexec env HPCVIRT_SLURM_DIR=%s HPCVIRT_SLURM_PORT=%s HPCVIRT_SLURM_NODES=%s %s restart-node %s\n' \
+            "$DIR" "$PORT" "$NODES" "$HERE/testbed.sh" "$node" >"$DIR/nodes/$node/restart-slurmd"
+        chmod 0755 "$DIR/nodes/$node/restart-slurmd"
+        if [ "$node" = "${HPCVIRT_SLURM_LIVE_NODE:-}" ]; then
+            write_live_node_settings "$node"
+            continue
+        fi
         cat >"$DIR/nodes/$node/node-features.conf" <<EOF
 # hpcvirt-node-features settings for test-bed node $node
 [node-features]
@@ -144,6 +161,21 @@ log_file = $DIR/log/node-features-$node.log
 set_command = ${HPCVIRT_SLURM_SET_COMMAND:-$HERE/record-regime $DIR/nodes/$node/regime.json {feature}}
 EOF
     done
+}
+
+# The live node is this machine: the helper's defaults for the regime record, and a switch that is
+# the real thing (the reconfigure playbook on the embedded default inventory; Slurm already holds
+# the node for the job that asked, so the playbook leaves Slurm alone: regime_scheduler=none).
+write_live_node_settings() {
+    local node=$1 playbook=ansible-playbook
+    [ -x "$REPO/.venv/bin/ansible-playbook" ] && playbook="$REPO/.venv/bin/ansible-playbook"
+    cat >"$DIR/nodes/$node/node-features.conf" <<EOF
+# hpcvirt-node-features settings for test-bed node $node: this machine, switched for real
+[node-features]
+node_name = $node
+log_file = $DIR/log/node-features-$node.log
+set_command = env ANSIBLE_CONFIG=$REPO/ansible.cfg $playbook {collection}/playbooks/reconfigure.yml -i $REPO/inventories/local/hosts.yml --limit localhost -e regime={feature} -e regime_scheduler=none
+EOF
 }
 
 start_munge() {
@@ -177,6 +209,16 @@ node_registered() {  # the node answered slurmctld: not DOWN/UNKNOWN/NOT_RESPOND
     local state
     state=$(SLURM_CONF="$CONF" sinfo -h -N -n "$1" -o '%T' 2>/dev/null | head -n1)
     [ -n "$state" ] && [[ "$state" != down* ]] && [[ "$state" != unknown* ]] && [[ "$state" != *'*' ]]
+}
+
+slurmd_start_time() {
+    SLURM_CONF="$CONF" scontrol show node -o "$1" 2>/dev/null | grep -o 'SlurmdStartTime=[^ ]*' || true
+}
+
+slurmd_restarted() {  # slurmctld has seen a slurmd start after $2 and the node answers
+    local now
+    now=$(slurmd_start_time "$1")
+    [ -n "$now" ] && [ "$now" != "$2" ] && node_registered "$1"
 }
 
 cmd_start() {
@@ -241,7 +283,13 @@ case "${1:-}" in
         sleep 1
         stop_pidfile "$DIR/run/slurmd-$2.pid" "slurmd $2"
         start_slurmd "$2" -b ;;
+    restart-node)  # what restarting slurmd does on a real node: it re-reads its features at start
+        [ -n "${2:-}" ] || die "restart-node needs a node name"
+        started=$(slurmd_start_time "$2")
+        stop_pidfile "$DIR/run/slurmd-$2.pid" "slurmd $2"
+        start_slurmd "$2"
+        wait_for 60 "$2 to register again" slurmd_restarted "$2" "$started" ;;
     status) cmd_status ;;
     env) echo "export SLURM_CONF=$CONF" ;;
-    *) echo "usage: $0 start|stop|restart|status|env" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|restart|status|env|reboot-node NODE|restart-node NODE" >&2; exit 2 ;;
 esac

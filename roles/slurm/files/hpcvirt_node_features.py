@@ -29,7 +29,8 @@ default ``/etc/hpcvirt/node-features.conf``); every key is optional:
 ``inventory``         inventory for the default command (default ``/etc/hpcvirt/inventory``)
 ``set_command``       command that switches the regime; ``{feature}``, ``{node}``,
                       ``{collection}`` and ``{inventory}`` are substituted; split like a shell
-                      would, run without a shell
+                      would, run without a shell, with ``collections_path`` first on
+                      ``$ANSIBLE_COLLECTIONS_PATH``
 ``log_file``          append a line per call here (default: standard error only)
 """
 
@@ -46,8 +47,10 @@ import sys
 
 FEATURES = ("space_shared", "time_shared")
 DEFAULT_CONF = "/etc/hpcvirt/node-features.conf"
+# Slurm holds the node for the job that asked for the switch, so the playbook must not drain it:
+# regime_scheduler=none leaves Slurm to Slurm.
 DEFAULT_SET_COMMAND = ("ansible-playbook {collection}/playbooks/reconfigure.yml -i {inventory} "
-                       "--limit {node} -e regime={feature}")
+                       "--limit {node} -e regime={feature} -e regime_scheduler=none")
 COLLECTION_PARTS = ("ansible_collections", "hpcvirt", "regime")
 
 
@@ -140,6 +143,21 @@ def get_state(settings):
     return 0
 
 
+def substitute(text, values):
+    """``{feature}`` and the other known placeholders replaced; any other braces left as they are."""
+    for key, value in values.items():
+        text = text.replace("{%s}" % key, value)
+    return text
+
+
+def command_environment(settings, environ):
+    """slurmd's environment, with this collection findable by ansible-playbook."""
+    env = dict(environ)
+    paths = [settings["collections_path"]] + [p for p in env.get("ANSIBLE_COLLECTIONS_PATH", "").split(os.pathsep) if p]
+    env["ANSIBLE_COLLECTIONS_PATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
 def set_state(settings, feature):
     if feature not in FEATURES:
         log(settings, "refusing unknown feature %r (known: %s)" % (feature, ", ".join(FEATURES)))
@@ -150,11 +168,12 @@ def set_state(settings, feature):
         return 0
     values = {"feature": feature, "node": settings["node_name"], "collection": settings["collection"],
               "inventory": settings["inventory"]}
-    argv = [part.format(**values) for part in shlex.split(settings["set_command"])]
+    argv = [substitute(part, values) for part in shlex.split(settings["set_command"])]
+    env = command_environment(settings, os.environ)
     log(settings, "switching %s -> %s: %s" % (before, feature, " ".join(shlex.quote(a) for a in argv)))
     try:
         proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, check=False)
+                              stderr=subprocess.STDOUT, text=True, check=False, env=env)
     except OSError as exc:
         log(settings, "cannot run %s: %s" % (argv[0], exc))
         return 1
