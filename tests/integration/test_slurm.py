@@ -234,6 +234,7 @@ ROLE_PLAY = """
     slurm_regime: space_shared
     slurm_wait_for_jobs: true
     slurm_drain_timeout: 60
+    slurm_slurmd_restart_command: [{restart}]
   tasks:
     - name: Drain
       ansible.builtin.include_role:
@@ -254,8 +255,11 @@ ROLE_PLAY = """
 """
 
 
+RESTART = os.path.join(DIR, "nodes", "node1", "restart-slurmd")
+
+
 def role_play(hook):
-    return run_playbook(ROLE_PLAY.format(conf=CONF), "-e", "hook=%s" % hook, inventory="localhost,")
+    return run_playbook(ROLE_PLAY.format(conf=CONF, restart=RESTART), "-e", "hook=%s" % hook, inventory="localhost,")
 
 
 def test_role_hooks_drain_resume_fail(nodes):
@@ -281,6 +285,7 @@ RESUME_PLAY = """
     slurm_node_name: node1
     slurm_conf: {conf}
     slurm_regime: space_shared
+    slurm_slurmd_restart_command: [{restart}]
   tasks:
     - name: Resume hook
       ansible.builtin.include_role:
@@ -291,12 +296,31 @@ RESUME_PLAY = """
 
 def test_role_resume_is_idempotent_and_leaves_foreign_drains(nodes):
     record_regime("node1", "space_shared")
-    assert role_play("resume").returncode == 0
-    again = run_playbook(RESUME_PLAY.format(conf=CONF), inventory="localhost,")
+    first = role_play("resume")
+    assert first.returncode == 0, first.stdout + first.stderr
+    # slurmd was restarted by resume.yml (it reads the regime through the helper only at start).
+    assert "Restart slurmd so that it reads the new regime" in first.stdout
+    line = node_line("node1")
+    assert "ActiveFeatures=space_shared " in line and "+DRAIN" not in line
+    again = run_playbook(RESUME_PLAY.format(conf=CONF, restart=RESTART), inventory="localhost,")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "changed=0" in again.stdout
     slurm("scontrol", "update", "nodename=node1", "state=drain", "reason=bad DIMM")
-    proc = run_playbook(RESUME_PLAY.format(conf=CONF), inventory="localhost,")
+    proc = run_playbook(RESUME_PLAY.format(conf=CONF, restart=RESTART), inventory="localhost,")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "stays drained" in proc.stdout
     assert "Reason=bad DIMM [" in node_line("node1") and "+DRAIN" in node_line("node1")
+
+
+def test_role_keeps_a_drain_someone_else_set(nodes):
+    slurm("scontrol", "update", "nodename=node1", "state=drain", "reason=bad DIMM")
+    proc = role_play("fail")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "DRAINED=drained|bad DIMM" in proc.stdout      # drain.yml kept the operator's reason
+    wanted = "Reason=bad DIMM; hpcvirt: switch to space_shared failed: partition: no CPUs left ["
+    assert wanted in node_line("node1")
+    again = role_play("fail")                              # a second failure does not repeat itself
+    assert again.returncode == 0 and wanted in node_line("node1")
+    resumed = role_play("resume")                          # and nothing hpcvirt does resumes it
+    assert resumed.returncode == 0 and "stays drained" in resumed.stdout
+    assert "+DRAIN" in node_line("node1")
