@@ -20,7 +20,7 @@ include $(wildcard mk/*.mk)
 demo: setup
 	python tools/demo.py
 
-test: setup unit lint sanity integration molecule molecule-multinode
+test: setup unit lint sanity integration molecule molecule-multinode molecule-slurm
 
 setup: host venv collection image libvirt
 
