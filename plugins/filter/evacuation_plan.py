@@ -42,6 +42,11 @@ options:
     description: Regular expression (searched) a guest name must match to be moved; empty moves every time-shared guest.
     type: str
     default: ""
+  keep:
+    description:
+      - Guests that stay where they are, as C({inventory host - [guest names]}); for example the guests the
+        coming regime change drops onto that node's partitions.
+    type: dict
 """
 
 EXAMPLES = r"""
@@ -63,10 +68,11 @@ from ansible.errors import AnsibleFilterError
 from ansible_collections.hpcvirt.regime.plugins.module_utils._migrate import plan_evacuation
 
 
-def evacuation_plan(sources, destinations, strategy="spread", reserve_memory_mb=0, vcpu_overcommit=0.0, pattern=""):
+def evacuation_plan(sources, destinations, strategy="spread", reserve_memory_mb=0, vcpu_overcommit=0.0, pattern="",
+                    keep=None):
     try:
         return plan_evacuation(sources, destinations, strategy, int(reserve_memory_mb), float(vcpu_overcommit),
-                               pattern or None)
+                               pattern or None, keep)
     except (KeyError, TypeError, ValueError) as exc:
         raise AnsibleFilterError("evacuation_plan: %s" % exc)
 

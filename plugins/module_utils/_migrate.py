@@ -576,11 +576,12 @@ def _where_after_failure(libvirt, dom):
 # inventory host), so that a whole evacuation or restore is planned once, on the controller.
 
 
-def evacuation_candidates(domains, pattern=None):
+def evacuation_candidates(domains, pattern=None, keep=()):
     """The time-shared guests of a node that an evacuation moves.
 
     Running (or paused) guests that are not placed dedicated (pinned into a partition) by what
-    is observed nor by hpcvirt's intent, and whose name matches the regular expression
+    is observed nor by hpcvirt's intent, are not named in ``keep`` (for example the guests the
+    coming regime change drops onto partitions), and whose name matches the regular expression
     ``pattern`` (searched; empty or None matches every name). Returns dicts name, memory_kb, vcpus.
     """
     matcher = re.compile(pattern) if pattern else None
@@ -588,6 +589,8 @@ def evacuation_candidates(domains, pattern=None):
     for dom in domains:
         placement = dom.get("placement") or {}
         if not dom.get("active") or "dedicated" in (placement.get("observed"), placement.get("intent")):
+            continue
+        if dom["name"] in keep:
             continue
         if matcher is not None and not matcher.search(dom["name"]):
             continue
@@ -611,19 +614,20 @@ def node_capacity(name, node):
 
 
 def plan_evacuation(sources, destinations, strategy="spread", reserve_memory_mb=0, vcpu_overcommit=0.0,
-                    pattern=None):
+                    pattern=None, keep=None):
     """Where every time-shared guest of the ``sources`` goes.
 
     ``sources``/``destinations``: {inventory host: node_info result}; a host in both is a source
     only (a node being evacuated takes no guests). Returns a dict: ``moves`` (name, from, to, pool
     of the destination, memory_kb, vcpus), ``preempt`` (name, from: the guests that fit on no destination), ``stay``
-    (name, from: dedicated or unmatched guests left in place) and ``destinations`` (capacity
-    before the moves, free_memory_mb, pool, active_vcpus).
+    (name, from: dedicated, kept or unmatched guests left in place) and ``destinations`` (capacity
+    before the moves, free_memory_mb, pool, active_vcpus). ``keep``: {source host: guest names
+    that stay where they are}.
     Raises ValueError for a guest name found on two sources (names must be unique to be moved).
     """
     guests, origin, stay = [], {}, []
     for host in sorted(sources):
-        moving = evacuation_candidates(sources[host]["domains"], pattern)
+        moving = evacuation_candidates(sources[host]["domains"], pattern, (keep or {}).get(host) or ())
         names = set(g["name"] for g in moving)
         for guest in moving:
             if guest["name"] in origin:

@@ -53,6 +53,13 @@ def test_plan_preempts_what_exceeds_the_overcommit():
     assert plan["preempt"] == [{"name": "big", "from": "a"}]
 
 
+def test_kept_guests_stay_on_their_own_node_only():
+    sources = {"a": node("a", [dom("rank0"), dom("web")]), "d": node("d", [dom("rank1")])}
+    plan = evacuation_plan(sources, {"b": node("b", [])}, keep={"a": ["rank0", "rank1"], "d": None})
+    assert sorted(m["name"] for m in plan["moves"]) == ["rank1", "web"]   # rank1 is kept on a, not on d
+    assert plan["stay"] == [{"name": "rank0", "from": "a"}]
+
+
 def test_plan_without_destinations_preempts_everything():
     plan = mg.plan_evacuation({"a": node("a", [dom("g1")])}, {})
     assert plan["moves"] == [] and plan["preempt"] == [{"name": "g1", "from": "a"}]
