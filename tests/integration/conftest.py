@@ -97,3 +97,24 @@ def guest_factory(conn):
     yield boot
     for name in made:
         testbed.remove(conn, name)
+
+
+REGIME_FILE = "/var/lib/hpcvirt/regime.json"
+REGIME_JOURNAL = "/var/lib/hpcvirt/journal/node_regime.json"
+
+
+@pytest.fixture
+def restored_node():
+    """After the test: the node time_shared and uncarved, its regime record as it was, no journal."""
+    saved = open(REGIME_FILE).read() if os.path.exists(REGIME_FILE) else None
+    yield
+    run_module("hpcvirt.regime.node_regime", {"regime": "time_shared", "housekeeping": "0"})
+    assert not run_module("hpcvirt.regime.partition", {"state": "absent"}).get("failed")
+    if saved is None:
+        if os.path.exists(REGIME_FILE):
+            os.unlink(REGIME_FILE)
+    else:
+        with open(REGIME_FILE, "w") as handle:
+            handle.write(saved)
+    if os.path.exists(REGIME_JOURNAL):
+        os.unlink(REGIME_JOURNAL)

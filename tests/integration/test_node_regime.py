@@ -34,20 +34,9 @@ TIME_ARGS = {"regime": "time_shared", "housekeeping": "0"}
 
 
 @pytest.fixture
-def node():
-    """Leave the node's layout, hugepages and regime record as they were."""
-    saved = open(REGIME_FILE).read() if os.path.exists(REGIME_FILE) else None
-    yield
-    run_module(MODULE, TIME_ARGS)
-    assert not run_module("hpcvirt.regime.partition", {"state": "absent"}).get("failed")
-    if saved is None:
-        if os.path.exists(REGIME_FILE):
-            os.unlink(REGIME_FILE)
-    else:
-        with open(REGIME_FILE, "w") as handle:
-            handle.write(saved)
-    if os.path.exists(JOURNAL):
-        os.unlink(JOURNAL)
+def node(restored_node):
+    """Leave the node's layout, hugepages and regime record as they were (conftest)."""
+    return restored_node
 
 
 def pins(dom):
