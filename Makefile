@@ -12,7 +12,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export HPCVIRT_IMAGE_DIR := $(IMAGE_DIR)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo test setup host venv image libvirt collection unit sanity lint integration molecule clean
+.PHONY: demo demo-clean test setup host venv image libvirt collection unit sanity lint integration molecule clean
 
 # Extra suites (molecule scenarios) add their own targets here.
 include $(wildcard mk/*.mk)
@@ -20,7 +20,12 @@ include $(wildcard mk/*.mk)
 demo: setup
 	python tools/demo.py
 
-test: setup unit lint sanity integration molecule molecule-multinode molecule-slurm
+test: setup demo-clean unit lint sanity integration molecule molecule-multinode molecule-slurm
+
+# The tests carve this node and drop guests onto it: the demo's guests (left running by make demo)
+# would hold the CPUs they need, so they go first (make demo makes them again).
+demo-clean: setup
+	ansible-playbook playbooks/provision.yml -e vse_state=absent -e vse_force=true
 
 setup: host venv collection image libvirt
 
