@@ -25,8 +25,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [os.path.join(ROOT, "tests"), os.path.join(ROOT, "tests", "integration"), os.path.join(ROOT, "tools")]
-# Importing conftest makes ansible_collections.hpcvirt.regime importable.
-import conftest  # noqa: E402,F401 pylint: disable=unused-import
+# Importing conftest makes ansible_collections.hpcvirt.regime importable; its ansible_env runs the playbooks.
+import conftest  # noqa: E402
 
 import libvirt  # noqa: E402
 
@@ -57,15 +57,6 @@ GUEST_XML = """<domain type='qemu'>
   </devices>
 </domain>
 """
-
-
-def ansible_env():
-    env = dict(os.environ)
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-    env.setdefault("ANSIBLE_COLLECTIONS_PATH", os.path.join(ROOT, ".build", "collections"))
-    env.setdefault("ANSIBLE_CONFIG", os.path.join(ROOT, "ansible.cfg"))
-    env["ANSIBLE_NOCOLOR"] = "1"
-    return env
 
 
 def names(count):
@@ -113,7 +104,7 @@ def run_fleet(count):
                        {"name": "Timings", "ansible.builtin.copy": timings}]}]
     path = playbook(os.path.join(WORK, "fleet.yml"), play)
     start = time.monotonic()
-    proc = subprocess.run(["ansible-playbook", path, "-i", "localhost,"], env=ansible_env(), cwd=ROOT,
+    proc = subprocess.run(["ansible-playbook", path, "-i", "localhost,"], env=conftest.ansible_env(), cwd=ROOT,
                           capture_output=True, text=True, check=False)
     elapsed = time.monotonic() - start
     if proc.returncode != 0:

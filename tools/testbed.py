@@ -139,6 +139,20 @@ def remove(conn, name):
         os.unlink(console_path(name))
 
 
+def remove_empty_pool(conn, pool_name, directory=None):
+    """Remove a storage pool a test made, once it holds no volume, and its empty directory."""
+    try:
+        pool = conn.storagePoolLookupByName(pool_name)
+        pool.refresh(0)
+        if not pool.listVolumes():
+            pool.destroy()
+            pool.undefine()
+    except libvirt.libvirtError:
+        pass
+    if directory and os.path.isdir(directory) and not os.listdir(directory):
+        os.rmdir(directory)
+
+
 def domain_console_path(dom):
     """The file a guest's serial console writes to, from its domain XML (None without one)."""
     match = re.search(r"<serial type='file'>\s*<source path='([^']+)'", dom.XMLDesc(0))

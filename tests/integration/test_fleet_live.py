@@ -84,17 +84,8 @@ def fleet(conn):
 def pool_cleanup():
     yield
     conn = libvirt.open("qemu:///system")
-    for pool_name in (POOL, POOL + "-tmpfs"):
-        try:
-            pool = conn.storagePoolLookupByName(pool_name)
-            pool.refresh(0)
-            if not pool.listVolumes():
-                pool.destroy()
-                pool.undefine()
-        except libvirt.libvirtError:
-            pass
-    if os.path.isdir(POOL_DIR) and not os.listdir(POOL_DIR):
-        os.rmdir(POOL_DIR)
+    testbed.remove_empty_pool(conn, POOL + "-tmpfs")
+    testbed.remove_empty_pool(conn, POOL, POOL_DIR)
     conn.close()
 
 

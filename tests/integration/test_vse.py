@@ -70,16 +70,7 @@ def names(conn):
 def pool_cleanup():
     yield
     conn = libvirt.open("qemu:///system")
-    try:
-        pool = conn.storagePoolLookupByName(POOL)
-        pool.refresh(0)
-        if not pool.listVolumes():
-            pool.destroy()
-            pool.undefine()
-    except libvirt.libvirtError:
-        pass
-    if os.path.isdir(POOL_DIR) and not os.listdir(POOL_DIR):
-        os.rmdir(POOL_DIR)
+    testbed.remove_empty_pool(conn, POOL, POOL_DIR)
     conn.close()
 
 
