@@ -44,6 +44,7 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._state import (
     JOURNAL_DIR,
     LAYOUT_FILE,
     read_json,
+    remove_state,
     state_path,
     write_json_atomic,
 )
@@ -415,10 +416,7 @@ class Journal:
         write_json_atomic(self.root, self.relpath, self.data, mode=0o600)
 
     def remove(self):
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        remove_state(self.root, self.relpath)
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,10 +30,10 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._state import (
     JOURNAL_DIR,
     REGIME_FILE,
     read_json,
+    remove_state,
     write_json_atomic,
 )
 
-REGIMES = ("space_shared", "time_shared", "mixed")
 PREEMPTED_BY = "node_regime"
 
 
@@ -232,7 +232,4 @@ class Journal:
         write_json_atomic(self.root, self.relpath, self.data, mode=0o600)
 
     def finish(self):
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        remove_state(self.root, self.relpath)

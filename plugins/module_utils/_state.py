@@ -21,8 +21,6 @@ LAYOUT_FILE = "etc/hpcvirt/layout.json"
 REGIME_FILE = "var/lib/hpcvirt/regime.json"
 JOURNAL_DIR = "var/lib/hpcvirt/journal"
 
-REGIMES = ("space_shared", "time_shared", "mixed")
-
 
 def state_path(root, relpath):
     return os.path.join(root, relpath)
@@ -57,3 +55,11 @@ def write_json_atomic(root, relpath, data, mode=0o644):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def remove_state(root, relpath):
+    """Remove ``root/relpath``; a file already gone is fine."""
+    try:
+        os.unlink(state_path(root, relpath))
+    except FileNotFoundError:
+        pass
