@@ -14,13 +14,15 @@ export PATH := $(VENV)/bin:$(PATH)
 
 .PHONY: demo demo-clean test setup host venv image libvirt collection unit sanity lint integration molecule clean
 
-# Extra suites (molecule scenarios) add their own targets here.
+# Extra suites (molecule scenarios, smoke benchmarks, ...) live in mk/*.mk: each defines its target
+# and appends it to TEST_SUITES, which `make test` runs after the core suites, in file-name order.
+TEST_SUITES :=
 include $(wildcard mk/*.mk)
 
 demo: setup
 	python tools/demo.py
 
-test: setup demo-clean unit lint sanity integration molecule molecule-multinode molecule-slurm
+test: setup demo-clean unit lint sanity integration molecule $(TEST_SUITES)
 
 # The tests carve this node and drop guests onto it: the demo's guests (left running by make demo)
 # would hold the CPUs they need, so they go first (make demo makes them again).
