@@ -150,6 +150,17 @@ class NodeView:
         return found
 
 
+def new_guest(name, vcpus, nodeset=None):
+    """A guest not defined yet, as the planner sees it: holds no CPUs, may land anywhere."""
+    return {"name": name, "active": True, "vcpus": {"current": vcpus, "maximum": vcpus},
+            "vcpu_pins": {}, "numatune": {"nodeset": nodeset} if nodeset else {}, "hpcvirt": {}}
+
+
+def view_of(node, extra_guests=()):
+    """The planner's view of a ``_node.NodeState`` (plus guests planned but not defined yet)."""
+    return NodeView(node.layout, list(node.guests) + list(extra_guests), node.topology)
+
+
 def _guest_numa_nodes(view, guest):
     nodeset = (guest.get("numatune") or {}).get("nodeset")
     if nodeset:
@@ -224,7 +235,21 @@ def choose_partition(view, guest, request):
 
 
 def desired_state(view, guest, request):
-    """The pins and tuning a request asks for, as comparable values."""
+    """The pins and tuning a request asks for, as comparable values: THE placement policy.
+
+    Every module that places a guest (placement, node_regime, vse, fleet, migrate on arrival) asks
+    this function, so they all agree:
+
+    - ``dedicated``: each vCPU pinned 1:1 to a CPU of one partition (``auto``: the guest's current
+      partition when its pins still hold there, else the best-fitting *whole free* partition, NUMA-
+      local to the guest first, then fewest CPUs left over, then name; a named partition may be
+      shared by several guests on distinct CPUs); emulator and I/O threads on the housekeeping CPUs
+      (the pool outside the partition when the node keeps none); memory from the partition's NUMA
+      nodes; no CPU quota.
+    - ``shared``: every vCPU floats over the whole pool; emulator and I/O threads over housekeeping
+      and pool together (so an emulator thread is never squeezed onto one busy pool CPU, and never
+      lands on a partition); shares and quota as asked; memory from the pool's NUMA nodes.
+    """
     maximum = guest["vcpus"]["maximum"]
     if request["placement"] == "dedicated":
         part_name, cpus = choose_partition(view, guest, request)
