@@ -16,10 +16,7 @@ import os
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _state
 
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
-    format_cpulist,
-    parse_cpulist,
-)
+from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import parse_cpulist
 from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_text
 
 IRQ_ROOT = "/proc/irq"

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 from ansible.module_utils.basic import missing_required_lib
 
-from ansible_collections.hpcvirt.regime.plugins.module_utils._node import DOMAIN_STATES  # noqa: F401 (re-exported)
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _node
 
 try:
     import libvirt
@@ -33,7 +33,7 @@ else:
     LXML_IMPORT_ERROR = None
 
 DEFAULT_URI = "qemu:///system"
-
+DOMAIN_STATES = _node.DOMAIN_STATES     # the one map lives in _node
 
 
 def libvirt_argument_spec():

@@ -350,8 +350,9 @@ def domain_state(dom):
     return DOMAIN_STATES.get(dom.state()[0], "unknown")
 
 
-def read_guest(libvirt, dom, partitions, pool, states=DOMAIN_STATES):
+def read_guest(libvirt, dom, partitions, pool, states=None):
     """One domain's state and placement, live when it runs and from its config when it does not."""
+    states = states or DOMAIN_STATES
     state, reason = dom.state()
     active = bool(dom.isActive())
     flags = libvirt.VIR_DOMAIN_AFFECT_LIVE if active else libvirt.VIR_DOMAIN_AFFECT_CONFIG
@@ -417,7 +418,7 @@ def read_guest(libvirt, dom, partitions, pool, states=DOMAIN_STATES):
     }
 
 
-def read_guests(libvirt, domains, partitions, pool, states=DOMAIN_STATES):
+def read_guests(libvirt, domains, partitions, pool, states=None):
     """``read_guest`` for each domain, leaving out those undefined while being read."""
     guests = []
     for dom in domains:

@@ -177,8 +177,8 @@ class StepFailed(Exception):
 
     def __init__(self, plan, index, error):
         step = plan.steps[index]
-        super().__init__("step %d of %d (%s %s): %s" % (index + 1, len(plan), step.action.name, step.target,
-                                                         error_message(error)))
+        super().__init__("step %d of %d (%s %s): %s"
+                         % (index + 1, len(plan), step.action.name, step.target, error_message(error)))
         self.plan = plan
         self.index = index
         self.step = step

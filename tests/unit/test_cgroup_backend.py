@@ -8,7 +8,6 @@ partition root, with CPUs no sibling's cpuset.cpus overlaps; otherwise it reads 
 """
 
 import errno
-import json
 import os
 
 import pytest
@@ -17,10 +16,8 @@ from partition_helpers import execute_plan, fake_node, node_at, v2_cgroup
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _cgroup_backend as backend
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _partition as part
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import detect_layout
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import parse_cpulist
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings
-from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_text, read_topology
+from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_text
 
 SPEC = {"housekeeping": "0", "partitions": [{"name": "p1", "cpus": "1"}], "pool": "auto",
         "irq_steering": False, "kernel_args": []}

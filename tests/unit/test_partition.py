@@ -9,9 +9,8 @@ from partition_helpers import execute_plan, fake_cgroupfs_rmdir, fake_node, node
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _hugepages
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _partition as part
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import detect_layout
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import format_cpulist, parse_cpulist
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import StepFailed, Timings
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import StepFailed
 from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_topology
 
 SERVER = "partition-2s-4numa-smt2"
