@@ -209,7 +209,12 @@ def read_node(module, libvirt=None, guests=True, require_cpuset=False, timings=N
     """``NodeState.read`` with the module's ``uri``, ``layout_file`` and ``machine_cgroup`` options."""
     from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
 
+    from ansible_collections.hpcvirt.regime.plugins.module_utils import _validate
+
     params = module.params
+    if params.get("layout_file"):
+        _validate.confined_path("layout_file", params["layout_file"],
+                                _validate.allowed("layout", params.get("allowed_dirs")))
     conn = lv.open_connection(module) if "uri" in params else None
     return NodeState.read(conn=conn, root=root, layout_file=params.get("layout_file"),
                           machine_cgroup=params.get("machine_cgroup"), libvirt=libvirt or lv.libvirt,

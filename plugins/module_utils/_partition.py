@@ -52,6 +52,7 @@ def layout_argument_spec():
         irq_steering=dict(type="bool", default=False),
         kernel_args=dict(type="list", elements="str", default=[], choices=list(KERNEL_ARGS)),
         layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
+        allowed_dirs=dict(type="list", elements="path", default=[]),
     )
 
 

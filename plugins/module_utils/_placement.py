@@ -533,6 +533,7 @@ def module_argument_spec():
         guests=dict(guests_argument_spec(), required=True),
         affect=dict(type="str", default="both", choices=["both", "live", "config"]),
         layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
+        allowed_dirs=dict(type="list", elements="path", default=[]),
     )
     return spec
 

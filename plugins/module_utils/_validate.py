@@ -30,6 +30,21 @@ _SIZE = re.compile(r"(\d+)\s*([KMGT]?)(i?B)?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1, "M": 1024, "G": 1024 ** 2, "T": 1024 ** 3}
 
 
+# The directories each kind of path option may point into unless a site allows more (allowed_dirs).
+SITE_DIRS = {
+    "layout": ("/etc/hpcvirt",),
+    "state": ("/var/lib/hpcvirt",),
+    "images": ("/var/lib/hpcvirt/images", "/var/lib/libvirt/images"),
+    "console": ("/var/lib/hpcvirt/console", "/var/log/libvirt"),
+    "save": ("/var/lib/hpcvirt", "/var/lib/libvirt/qemu"),
+}
+
+
+def allowed(kind, extra=()):
+    """The directories a path option of ``kind`` may point into: the site's defaults plus ``extra``."""
+    return list(SITE_DIRS[kind]) + [d for d in (extra or ()) if d]
+
+
 class InvalidValue(HpcvirtError, ValueError):
     """A value refused at the trust boundary; the message names the field and the reason."""
 

@@ -23,6 +23,7 @@ author:
   - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
+  - hpcvirt.regime.paths
   - hpcvirt.regime.layout.file
   - hpcvirt.regime.attributes.info
 options:
@@ -204,6 +205,7 @@ def argument_spec():
         domains=dict(type="list", elements="str"),
         include_cpus=dict(type="bool", default=True),
         layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
+        allowed_dirs=dict(type="list", elements="path", default=[]),
     )
     return spec
 

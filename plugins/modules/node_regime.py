@@ -27,6 +27,7 @@ author:
   - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
+  - hpcvirt.regime.paths
   - hpcvirt.regime.layout
   - hpcvirt.regime.guests
   - hpcvirt.regime.attributes

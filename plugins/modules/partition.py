@@ -29,6 +29,7 @@ author:
   - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
+  - hpcvirt.regime.paths
   - hpcvirt.regime.layout
   - hpcvirt.regime.attributes
 options:

@@ -26,6 +26,7 @@ author:
   - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
+  - hpcvirt.regime.paths
   - hpcvirt.regime.layout.file
   - hpcvirt.regime.guests
   - hpcvirt.regime.attributes

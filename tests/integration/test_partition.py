@@ -173,7 +173,7 @@ def test_v1_kernel_refuses_exclusivity_as_the_backend_predicts():
 def test_module_in_own_cgroup_reports_blockers_and_check_mode_changes_nothing(tmp_path):
     top = "hpcvirt-itest-%s" % uuid.uuid4().hex[:6]
     args = {"housekeeping": "0", "partitions": [{"name": "x", "cpus": "1"}], "machine_cgroup": top,
-            "layout_file": str(tmp_path / "layout.json")}
+            "layout_file": str(tmp_path / "layout.json"), "allowed_dirs": [str(tmp_path)]}
     try:
         checked = run_module("hpcvirt.regime.partition", args, check=True, diff=True)
         assert checked["changed"] is True
@@ -185,7 +185,8 @@ def test_module_in_own_cgroup_reports_blockers_and_check_mode_changes_nothing(tm
         again = run_module("hpcvirt.regime.partition", args)
         assert again["changed"] is False
         gone = run_module("hpcvirt.regime.partition", {"state": "absent", "machine_cgroup": top,
-                                                       "layout_file": args["layout_file"]})
+                                                       "layout_file": args["layout_file"],
+                                                       "allowed_dirs": [str(tmp_path)]})
         assert gone["changed"] is True
         assert not os.path.exists(os.path.join(CPUSET, top))
         assert not os.path.exists(args["layout_file"])
@@ -211,7 +212,8 @@ def test_bad_input_is_refused_and_changes_nothing(tmp_path):
     """Every refusal in one playbook run (each a separate task), each naming the field, none changing a file."""
     top = "hpcvirt-itest-%s" % uuid.uuid4().hex[:6]
     out = str(tmp_path / "results.json")
-    cases = [dict(args, machine_cgroup=top, layout_file=str(tmp_path / "layout.json"), irq_steering=True)
+    cases = [dict(args, machine_cgroup=top, layout_file=str(tmp_path / "layout.json"), irq_steering=True,
+                  allowed_dirs=[str(tmp_path)])
              for args, _unused in BAD]
     play = json.dumps([{
         "name": "Bad input", "hosts": "localhost", "gather_facts": False, "connection": "local",
@@ -239,13 +241,14 @@ def test_taking_cpus_from_a_pinned_running_guest_is_refused(tmp_path, guest_fact
     top = "hpcvirt-itest-%s" % uuid.uuid4().hex[:6]
     layout = str(tmp_path / "layout.json")
     args = {"housekeeping": "0", "partitions": [{"name": "pinned", "cpus": "1"}], "machine_cgroup": top,
-            "layout_file": layout}
+            "layout_file": layout, "allowed_dirs": [os.path.dirname(layout)]}
     try:
         assert run_module("hpcvirt.regime.partition", args)["changed"] is True
         dom = guest_factory(wait=False)
         dom.pinVcpuFlags(0, (False, True), libvirt.VIR_DOMAIN_AFFECT_LIVE)
         cgroup = os.path.join(CPUSET, top, "hpcvirt-pinned.partition")
-        result = run_module("hpcvirt.regime.partition", {"state": "absent", "machine_cgroup": top, "layout_file": layout})
+        result = run_module("hpcvirt.regime.partition", {"state": "absent", "machine_cgroup": top, "layout_file": layout,
+                                                         "allowed_dirs": [os.path.dirname(layout)]})
         assert result.get("failed") is True
         assert "would lose CPUs 1 that running guest" in result["msg"]
         assert "placement module" in result["msg"]
@@ -254,3 +257,19 @@ def test_taking_cpus_from_a_pinned_running_guest_is_refused(tmp_path, guest_fact
         for path in (os.path.join(CPUSET, top, "hpcvirt-pinned.partition"), os.path.join(CPUSET, top)):
             if os.path.isdir(path):
                 os.rmdir(path)
+
+
+@pytest.mark.parametrize("extra, words", [
+    ({"machine_cgroup": "../.."}, "machine_cgroup: '../..' is not a cgroup name below the cpuset root"),
+    ({"machine_cgroup": "/sys/fs/cgroup/cpuset/x"}, "machine_cgroup: '/sys/fs/cgroup/cpuset/x' is not a cgroup name"),
+    ({"layout_file": "/root/.ssh/layout.json"}, "layout_file: /root/.ssh/layout.json is outside the directories"),
+    ({"layout_file": "/etc/hpcvirt/../shadow"}, "layout_file: /etc/hpcvirt/../shadow (/etc/shadow) is outside"),
+])
+def test_paths_and_cgroup_names_are_confined(extra, words):
+    args = dict({"housekeeping": "0", "partitions": [{"name": "p1", "cpus": "1"}]}, **extra)
+    before = sorted(os.listdir("/sys/fs/cgroup/cpuset"))
+    result = run_module("hpcvirt.regime.partition", args)
+    assert result["failed"] is True and result["msg"].startswith(words), result["msg"]
+    assert "Traceback" not in result["msg"] and result["changed"] is False
+    assert sorted(os.listdir("/sys/fs/cgroup/cpuset")) == before
+    assert not os.path.exists("/root/.ssh/layout.json")
