@@ -170,8 +170,10 @@ def partition_report(result, host=""):
     rows = []
     for part in layout.get("partitions") or []:
         excl = exclusivity.get(part.get("name")) or {}
+        blockers = excl.get("blockers") or []
         rows.append([part.get("name"), part.get("cpus"), part.get("mems", "-"),
-                     "yes" if excl.get("enforced") else "no", excl.get("blocked_by") or excl.get("reason") or "-"])
+                     "yes" if excl.get("enforced") else "no",
+                     ("; ".join(str(b) for b in blockers) if isinstance(blockers, list) else str(blockers)) or "-"])
     if rows:
         lines.append(_indent(text_table(rows, headers=["partition", "CPUs", "mems", "kernel-exclusive", "why not"],
                                         numeric=())))
@@ -185,35 +187,42 @@ def partition_report(result, host=""):
 
 
 def vse_report(results, host=""):
-    """The vse role's loop results: one line per instance."""
-    items = (results or {}).get("results", results) if isinstance(results, dict) else results
+    """The vse role's loop results: one line per instance (result, state, placement, addresses, time)."""
+    items = results.get("results", []) if isinstance(results, dict) else results
     rows = []
     for item in items or []:
         if not isinstance(item, dict) or item.get("skipped"):
             continue
         name = (item.get("item") or {}).get("name", item.get("name"))
         if item.get("failed"):
-            rows.append([name, "failed", item.get("msg", "")])
+            rows.append([name, "failed", "-", "-", "-", item.get("msg", "")])
             continue
-        state = item.get("state") or ("running" if item.get("active") else "-")
-        note = ", ".join(str(x) for x in item.get("restart_required") or [])
-        rows.append([name, "changed" if item.get("changed") else "unchanged", "%s%s" % (
-            state, "; at its next start: %s" % note if note else "")])
+        placement = ((item.get("resolved") or {}).get("metadata") or {}).get("placement") or {}
+        where = placement.get("mode", "-")
+        if placement.get("partition"):
+            where += " on %s" % placement["partition"]
+        addresses = " ".join("%s=%s" % kv for kv in sorted((item.get("addresses") or {}).items())) or "-"
+        total = sum(float(v) for v in (item.get("timings") or {}).values() if isinstance(v, (int, float)))
+        note = "restart needed: %s" % ", ".join(str(x) for x in item["restart_fields"]) \
+            if item.get("restart_required") and item.get("restart_fields") else ""
+        rows.append([name, "changed" if item.get("changed") else "unchanged", item.get("domain_state") or "-",
+                     where, addresses, ms(total) + ("; " + note if note else "")])
     if not rows:
         return "%s: no VSE instances." % (host or "The node")
-    return "%s: %d VSE instance(s).\n%s" % (host or "The node", len(rows),
-                                            _indent(text_table(rows, headers=["instance", "result", "state"], numeric=())))
+    table = text_table(rows, headers=["instance", "result", "state", "placement", "addresses", "time"], numeric=())
+    return "%s: %d VSE instance%s.\n%s" % (host or "The node", len(rows), "" if len(rows) == 1 else "s", _indent(table))
 
 
-def fleet_report(result, members=20):
+def fleet_report(result, host="", members=20):
     """A fleet result: counts, timings, and the first members, one a line."""
     if not isinstance(result, dict):
         raise AnsibleFilterError("fleet_report: expects a fleet result")
     name = (result.get("item") or {}).get("name", result.get("name", "fleet"))
     counts = result.get("counts") or {}
-    lines = ["Fleet %s: %s." % (name, ", ".join("%s %s" % (counts[k], k) for k in
-                                                ("create", "update", "keep", "remove", "start") if k in counts)
-                                or "no members")]
+    words = {"create": "created", "update": "updated", "keep": "kept", "remove": "removed", "start": "started"}
+    lines = ["%sfleet %s: %s." % ("%s: " % host if host else "", name,
+                                  ", ".join("%s %s" % (counts[k], words[k]) for k in words if k in counts)
+                                  or "no members")]
     lines.append("Timings: %s." % timings_text(result.get("timings")))
     recovered = result.get("recovered") or {}
     if recovered.get("action"):

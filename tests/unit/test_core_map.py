@@ -211,8 +211,8 @@ def test_fleet_and_evacuation_texts():
              "timings": {"validate": 10, "define": 200},
              "members": [{"name": "f-%02d" % i, "action": "create", "state": "running" if i <= 4 else "shutoff",
                           "hostname": "n%02d" % i, "addresses": {"net0": "10.0.0.%d" % i}} for i in range(1, 21)]}
-    text = fleet_report(fleet, members=5)
-    assert text.splitlines()[0] == "Fleet f: 20 create, 0 update, 0 keep, 0 remove, 4 start."
+    text = fleet_report(fleet, "node1", members=5)
+    assert text.splitlines()[0] == "node1: fleet f: 20 created, 0 updated, 0 kept, 0 removed, 4 started."
     assert "... and 15 more." in text and "'" not in text
     batch = [{"name": "g1", "from": "a", "to": "b", "ok": True, "downtime_ms": 61.0},
              {"name": "g2", "from": "a", "to": "b", "ok": False, "msg": "no memory", "guest_on": "source"}]
