@@ -99,9 +99,9 @@ def main():
         json.dump({"report_heartbeats": summary}, handle)
     lines = []
     ok = playbook("playbooks/report.yml", "-e", "report_dir=%s" % REPORT_DIR, "-e", "@" + beats, output=lines) and ok
-    where = [m.group(1) for m in (re.search(r"The core map is in (\S+\.html)", line) for line in lines) if m]
+    where = re.findall(r"The core map is in (\S+\.html)\s+\(data:\s+(\S+\.json)\)", "".join(lines))
     if where:
-        print("=== the core map of this node: %s (open it in a browser; the data is beside it as JSON)" % where[-1])
+        print("=== the core map of this node: %s (open it in a browser); its data: %s" % where[-1])
     return 0 if ok and where else 1
 
 

@@ -158,11 +158,16 @@ def _detour(dom, hostname, host, extras):
             if move.get("downtime_ms") is not None:
                 text += " (downtime %s)" % ms(move["downtime_ms"])
             parts.append(text)
+    fate = extras.get("fate")
+    if fate == "resumed":
+        parts.append("saved to disk and resumed by the last change")
+    elif fate == "preempted":
+        parts.append("preempted by the last change, saved to disk")
     meta = dom.get("hpcvirt") or {}
     home = (meta.get("migration") or {}).get("home_host")
     if home and home != hostname:
         parts.append("away from home %s" % home)
-    if (meta.get("checkpoint") or {}).get("state") == "preempted" and not dom.get("active"):
+    if (meta.get("checkpoint") or {}).get("state") == "preempted" and not dom.get("active") and fate != "preempted":
         parts.append("preempted, saved to disk")
     return "; ".join(parts) or None
 
@@ -214,7 +219,7 @@ def _node_model(host, info, extras, letters):
             "memory_mib": int(dom.get("memory_kb", 0) or 0) // 1024,
             "hugepages": bool((dom.get("memory_backing") or {}).get("hugepages")),
             "max_gap_ms": _num(beat.get("max_gap_ms")),
-            "detour": _detour(dom, info.get("hostname"), host, extras),
+            "detour": _detour(dom, info.get("hostname"), host, dict(extras, fate=fate.get("fate"))),
             "fate": fate.get("fate"),
             "live_ms": fate.get("live_ms"),
         })
@@ -456,8 +461,9 @@ def core_map_html(model, title="hpcvirt core map"):
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
            "<title>%s</title><style>%s</style></head><body>" % (_e(title), CSS),
            "<h1>%s</h1>" % _e(title),
-           '<div class="meta">%s nodes, %s CPUs, generated %s</div>'
-           % (_e(summary["nodes"]), _e(summary["cpus"]), _e(model.get("generated_at")))]
+           '<div class="meta">%s node%s, %s CPUs, generated %s</div>'
+           % (_e(summary["nodes"]), "" if summary["nodes"] == 1 else "s", _e(summary["cpus"]),
+              _e(model.get("generated_at")))]
     out.append('<div class="summary">')
     out.append(_table(["regime", "nodes"], sorted(summary["regimes"].items()), numeric=(1,)))
     parts = summary["partitions"]

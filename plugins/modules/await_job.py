@@ -126,7 +126,7 @@ def read_journal(path):
 
 def regime_progress(data):
     if not isinstance(data, dict):
-        return {"phase": "planning", "done": None, "total": None, "text": "planning (no journal yet, or finished)"}
+        return {"phase": "planning", "done": None, "total": None, "text": "planning, or finishing (no journal)"}
     steps = data.get("steps") if isinstance(data.get("steps"), list) else []
     done = data.get("done") if isinstance(data.get("done"), int) else 0
     text = "step %d of %d done" % (done, len(steps))
@@ -138,7 +138,7 @@ def regime_progress(data):
 
 def fleet_progress(data, running):
     if not isinstance(data, dict):
-        return {"phase": "validating", "done": None, "total": None, "text": "validating (no journal yet, or finished)"}
+        return {"phase": "validating", "done": None, "total": None, "text": "validating, or finishing (no journal)"}
     phase = str(data.get("phase", "planned"))
     progress = data.get("progress") if isinstance(data.get("progress"), dict) else {}
     parts = []
