@@ -320,8 +320,7 @@ def iter_cpus(node):
     for socket in node["sockets"]:
         for numa in socket["numa_nodes"]:
             for core in numa["cores"]:
-                for cpu in core["cpus"]:
-                    yield cpu
+                yield from core["cpus"]
 
 
 def _colour(role, partition, letters):
@@ -470,10 +469,9 @@ def core_map_html(model, title="hpcvirt core map"):
     out.append(_table(["partitions", "count"], [("used", parts["used"]), ("free", parts["free"]), ("total", parts["total"])],
                       numeric=(1,)))
     guests = summary["guests"]
-    out.append(_table(["guests by placement", "count"],
-                      [(mode, guests["placement"][mode]) for mode in PLACEMENTS] + [("running", guests["running"]),
-                                                                                     ("total", guests["total"])],
-                      numeric=(1,)))
+    rows = [(mode, guests["placement"][mode]) for mode in PLACEMENTS]
+    rows += [("running", guests["running"]), ("total", guests["total"])]
+    out.append(_table(["guests by placement", "count"], rows, numeric=(1,)))
     out.append(_table(["CPUs by role", "count"], sorted(summary["cpu_roles"].items()), numeric=(1,)))
     out.append("</div>")
     legend = [("housekeeping", ROLE_COLOURS["housekeeping"]), ("pool", ROLE_COLOURS["pool"]),

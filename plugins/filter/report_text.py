@@ -104,7 +104,7 @@ def timings_text(timings):
     if not isinstance(timings, dict) or not timings:
         return "no timings"
     values = [(str(k), _num(v)) for k, v in timings.items()]
-    total = sum(v for _, v in values if v is not None)
+    total = sum(value for dummy, value in values if value is not None)
     return "%s (total %s)" % (", ".join("%s %s" % (k, ms(v)) for k, v in values), ms(total))
 
 
@@ -137,9 +137,9 @@ def regime_report(result, host="", slurm_told=False):
     if not isinstance(result, dict):
         raise AnsibleFilterError("regime_report: expects a node_regime result")
     steps = len(result.get("plan") or [])
-    lines = ["%s is %s: %s, %d step%s." % (host or "The node", result.get("regime"),
-                                            "changed" if result.get("changed") else "nothing to change",
-                                            steps, "" if steps == 1 else "s")]
+    outcome = "changed" if result.get("changed") else "nothing to change"
+    lines = ["%s is %s: %s, %d step%s." % (host or "The node", result.get("regime"), outcome, steps,
+                                           "" if steps == 1 else "s")]
     lines.append("Timings: %s." % timings_text(result.get("timings")))
     interrupted = result.get("interrupted_run")
     if interrupted:

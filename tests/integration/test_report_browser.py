@@ -75,7 +75,7 @@ def chromium():
 
 
 def test_report_page_shows_every_cpu_and_guest(chromium, conn, guest_factory):
-    names = ["hpcvirt-it-map-%s" % uuid.uuid4().hex[:4] for _ in range(2)]
+    names = ["hpcvirt-it-map-%s" % uuid.uuid4().hex[:4] for dummy in range(2)]
     for name in names:
         guest_factory(name, wait=False)
     report_dir = os.path.join(OUTPUT, "report")
@@ -114,8 +114,8 @@ def test_report_page_shows_every_cpu_and_guest(chromium, conn, guest_factory):
 def test_group_page_with_hostile_names_stays_inert_in_the_browser(chromium):
     hostile = '<img src=x onerror="document.title=1"><script>document.title="pwned"</script>'
     nodes = {"rack1-n01": big_node(),
-             "rack1-n02": big_node(guests=[guest(hostile, ["1", "2"], "dedicated", "p1"),
-                                          guest(hostile + "-web", ["3,7,11,15"], "shared")], hostname=hostile),
+             "rack1-n02": big_node(hostname=hostile, guests=[guest(hostile, ["1", "2"], "dedicated", "p1"),
+                                                             guest(hostile + "-web", ["3,7,11,15"], "shared")]),
              "rack2-n01": small_node([guest("svc-1", ["0-1"], "shared")], hostname="rack2-n01")}
     model = core_map(nodes, {"rack1-n01": {"transition": {"regime": "mixed", "changed": True, "plan": [{}] * 9,
                                                           "timings": {"read": 21.0, "plan": 3.2, "drop": 48.9},
@@ -128,7 +128,7 @@ def test_group_page_with_hostile_names_stays_inert_in_the_browser(chromium):
         handle.write(core_map_html(model, title="rack 1 and 2 " + hostile))
     dom = Dom(browser("file://" + path, "--dump-dom"))
     assert not dom.having("script") and not dom.having("img")
-    assert not [a for _, a in dom.elements if any(k.startswith("on") for k in a)]
+    assert not [a for dummy, a in dom.elements if any(k.startswith("on") for k in a)]
     assert "".join(dom.title) == "rack 1 and 2 " + hostile      # shown as text, never run
     assert len(dom.having("div", "cpu")) == 16 + 16 + 2
     assert [int(s["data-guests"]) for s in dom.having("section", "node")] == [3, 2, 1]

@@ -130,7 +130,7 @@ def test_hostile_names_are_escaped_everywhere():
     text = core_map_html(result, title=HOSTILE)
     page = parse(text)
     assert not page.having("script") and not page.having("img")
-    assert not [a for _, a in page.elements if any(k.startswith("on") for k in a)]
+    assert not [a for dummy, a in page.elements if any(k.startswith("on") for k in a)]
     assert "<script>" not in text and "<img" not in text
     assert HOSTILE in "".join(page.text)          # shown, as text
     assert [a["data-guest"] for a in page.having("span", "guest")][0] == HOSTILE
