@@ -52,7 +52,8 @@ def wait_until_beating(tails, count=2, timeout=120):
 def transition(regime, tails, intervals):
     marks = {name: tail.mark() for name, tail in tails.items()}
     started = time.monotonic()
-    ok = playbook("playbooks/reconfigure.yml", "-e", "regime=%s" % regime, "-e", "report_dir=%s" % REPORT_DIR)
+    ok = playbook("playbooks/reconfigure.yml", "-e", "regime=%s" % regime, "-e", "report_dir=%s" % REPORT_DIR,
+                  "-e", "regime_progress_interval=1")
     wall_ms = (time.monotonic() - started) * 1000
     time.sleep(2.0)            # let every guest beat again after the change
     print("=== transition to %s: %s in %.0f ms (playbook wall time)"
@@ -90,7 +91,7 @@ def main():
     print("=== heartbeats over the whole demo: %s" % json.dumps(summary))
     ok = ok and playbook("playbooks/status.yml")
     # A small fleet (20 defined, 4 started) from the same master image, then removed again.
-    ok = ok and playbook("playbooks/fleet-demo.yml")
+    ok = ok and playbook("playbooks/fleet-demo.yml", "-e", "vse_progress_interval=1")
     # Last: the core map, with the last transition (kept by the regime role in REPORT_DIR) and the
     # heartbeat gaps measured here.
     os.makedirs(REPORT_DIR, exist_ok=True)
