@@ -5,6 +5,7 @@ packages=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   python3-libvirt python3-lxml python3-netaddr python3-venv python3-dev gcc
   cpio busybox-static e2fsprogs procps iproute2 shellcheck
+  chromium  # the core map's browser test (tests/integration/test_report_browser.py)
 )
 missing=()
 for pkg in "${packages[@]}"; do

@@ -4,7 +4,9 @@ Runs the collection's own playbooks on inventories/local: provision two guests f
 image through three layers, move the node time_shared -> space_shared -> time_shared with
 playbooks/reconfigure.yml, and print the node summary. While the node changes regime, each
 guest's serial console is followed on the host; after each transition the demo prints its
-timings and every guest's largest heartbeat gap and restart count.
+timings and every guest's largest heartbeat gap and restart count. Its last step writes the core
+map (playbooks/report.yml, with the last transition and the heartbeat gaps) and prints where the
+page is.
 """
 
 import json
@@ -18,17 +20,19 @@ import testbed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GUESTS = ["hpcvirt-vse-demo-1", "hpcvirt-vse-demo-2"]
+REPORT_DIR = os.environ.get("HPCVIRT_REPORT_DIR", os.path.join(ROOT, ".build", "report"))
 
 
-def playbook(*args):
-    """Run a playbook; return (ok, the regime role's result per host if it reported one)."""
+def playbook(*args, output=None):
+    """Run a playbook, its output shown as it goes; return whether it succeeded."""
     env = dict(os.environ, ANSIBLE_NOCOLOR="1")
-    proc = subprocess.run(["ansible-playbook"] + list(args), cwd=ROOT, env=env, capture_output=True, text=True,
-                          check=False)
-    print(proc.stdout[-6000:])
-    if proc.returncode != 0:
-        print(proc.stderr[-3000:], file=sys.stderr)
-    return proc.returncode == 0
+    proc = subprocess.Popen(["ansible-playbook"] + list(args), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+        if output is not None:
+            output.append(line)
+    return proc.wait() == 0
 
 
 def heartbeat_interval_ms(dom):
@@ -48,7 +52,8 @@ def wait_until_beating(tails, count=2, timeout=120):
 def transition(regime, tails, intervals):
     marks = {name: tail.mark() for name, tail in tails.items()}
     started = time.monotonic()
-    ok = playbook("playbooks/reconfigure.yml", "-e", "regime=%s" % regime)
+    ok = playbook("playbooks/reconfigure.yml", "-e", "regime=%s" % regime, "-e", "report_dir=%s" % REPORT_DIR,
+                  "-e", "regime_progress_interval=1")
     wall_ms = (time.monotonic() - started) * 1000
     time.sleep(2.0)            # let every guest beat again after the change
     print("=== transition to %s: %s in %.0f ms (playbook wall time)"
@@ -86,7 +91,19 @@ def main():
     print("=== heartbeats over the whole demo: %s" % json.dumps(summary))
     ok = ok and playbook("playbooks/status.yml")
     # A small fleet (20 defined, 4 started) from the same master image, then removed again.
-    return 0 if ok and playbook("playbooks/fleet-demo.yml") else 1
+    ok = ok and playbook("playbooks/fleet-demo.yml", "-e", "vse_progress_interval=1")
+    # Last: the core map, with the last transition (kept by the regime role in REPORT_DIR) and the
+    # heartbeat gaps measured here.
+    os.makedirs(REPORT_DIR, exist_ok=True)
+    beats = os.path.join(REPORT_DIR, "heartbeats.json")
+    with open(beats, "w") as handle:
+        json.dump({"report_heartbeats": summary}, handle)
+    lines = []
+    ok = playbook("playbooks/report.yml", "-e", "report_dir=%s" % REPORT_DIR, "-e", "@" + beats, output=lines) and ok
+    where = re.findall(r"The core map is in (\S+\.html)\s+\(data:\s+(\S+\.json)\)", "".join(lines))
+    if where:
+        print("=== the core map of this node: %s (open it in a browser); its data: %s" % where[-1])
+    return 0 if ok and where else 1
 
 
 if __name__ == "__main__":
