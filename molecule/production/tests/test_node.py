@@ -12,7 +12,7 @@ PART = CG + "/machine.slice/hpcvirt-p1.partition"
 GUEST = "hpcvirt-prod-1"
 
 QUERY = r"""
-import json, libvirt
+import json, os, libvirt
 conn = libvirt.open("qemu:///system")
 dom = conn.lookupByName("%s")
 info = {"active": bool(dom.isActive())}
@@ -21,8 +21,9 @@ if dom.isActive():
     info["pins"] = [[i for i, on in enumerate(m) if on] for m in maps]
     info["emulator"] = [i for i, on in enumerate(dom.emulatorPinInfo(libvirt.VIR_DOMAIN_AFFECT_LIVE)) if on]
     pid = open("/run/libvirt/qemu/%s.pid").read().strip()
-    info["cgroups"] = sorted({l.split("::", 1)[1] for l in open("/proc/%%s/task/%%s/cgroup" %% (pid, t)).read().splitlines()
-                              for t in [pid]})
+    tasks = os.listdir("/proc/%%s/task" %% pid)
+    info["cgroups"] = sorted({open("/proc/%%s/task/%%s/cgroup" %% (pid, t)).read().strip().split("::", 1)[1]
+                              for t in tasks})
 print(json.dumps(info))
 """ % (GUEST, GUEST)
 
@@ -88,8 +89,11 @@ def test_node_info_reports_the_partition_as_the_kernel_reads_it(host):
 def test_pins_as_libvirt_reports_them(host):
     found = guest(host)
     assert found["active"]
-    scope = [c for c in found["cgroups"] if c.startswith("/machine.slice/machine-qemu")]
-    assert scope, found["cgroups"]
+    # Every QEMU thread stays in the guest's own scope (threaded cgroups: vCPU and emulator threads
+    # cannot leave it), below systemd's machine.slice.
+    leaves = sorted({c.rsplit("/", 1)[1] for c in found["cgroups"]})
+    assert all(c.startswith("/machine.slice/machine-qemu") and "/libvirt/" in c for c in found["cgroups"]), found
+    assert leaves == ["emulator", "vcpu0"], found
     if regime(host) == "space_shared":
         assert found["pins"] == [[1]]          # dropped onto p1
         assert found["emulator"] == [0]        # emulator on housekeeping
