@@ -1,6 +1,7 @@
 """Live lift/drop against the cold way, side by side on this machine's real libvirt.
 
 Run by hand (root, after `make setup`):  .venv/bin/python benchmarks/lift_drop.py [--cycles 20]
+``--smoke`` (make test) runs the smallest size that exercises every path; its figures are printed, never asserted.
 
 A heartbeat guest is dropped onto partition p1 and lifted back into the pool ``--cycles`` times
 (beside ``--background`` shared guests), three ways in the same run:
@@ -88,7 +89,11 @@ def main():
     parser.add_argument("--cycles", type=int, default=20, help="drop/lift cycles for live and bare")
     parser.add_argument("--cold-cycles", type=int, default=5, help="destroy/redefine/start moves")
     parser.add_argument("--background", type=int, default=2, help="shared guests beside the enclave")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest run that exercises every path (make test): 3 cycles, 1 cold move, 1 background guest")
     args = parser.parse_args()
+    if args.smoke:
+        args.cycles, args.cold_cycles, args.background = 3, 1, 1
 
     conn = testbed.connect()
     others = [d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)]

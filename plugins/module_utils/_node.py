@@ -10,6 +10,7 @@ The pure functions (``observe_layout``, ``classify_placement``, ``infer_regime``
 from __future__ import annotations
 
 import os
+import re
 from xml.etree import ElementTree
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
@@ -34,6 +35,16 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import re
 
 class NodeStateError(HpcvirtError):
     """The node's own files cannot be read as expected; the message says which and why."""
+
+
+_CGROUP_COMPONENT = re.compile(r"[A-Za-z0-9_@\\][A-Za-z0-9_.@\\-]*")
+
+
+def valid_cgroup_name(name):
+    """A cgroup name relative to the hierarchy's root: never absolute, never climbing out."""
+    if not isinstance(name, str) or not name or len(name) > 255:
+        return False
+    return all(_CGROUP_COMPONENT.fullmatch(part) for part in name.split("/"))
 
 
 class NodeState:
@@ -73,6 +84,10 @@ class NodeState:
         """Read the node. ``conn`` (an open libvirt connection) adds its guests unless ``guests`` is False."""
         timings = timings if timings is not None else Timings()
         layout_file = layout_file or "/" + LAYOUT_FILE
+        if machine_cgroup is not None and not valid_cgroup_name(machine_cgroup):
+            raise NodeStateError("machine_cgroup: %r is not a cgroup name below the cpuset root (components of "
+                                 "letters, digits, '.', '-', '_', '@', '\\', joined by '/'; no '.' or '..'; at "
+                                 "most 255 characters)" % (machine_cgroup,))
         with timings.measure("read"):
             try:
                 topology = read_topology(root)

@@ -29,7 +29,7 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import pa
 
 LAYOUT_VERSION = 1
 KERNEL_ARGS = ("isolcpus", "nohz_full", "rcu_nocbs")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")   # always fullmatch
 
 
 def layout_argument_spec():
@@ -65,7 +65,7 @@ class LayoutError(HpcvirtError, ValueError):
 
 def _cpus(field, value, topology):
     try:
-        cpus = parse_cpulist(value)
+        cpus = parse_cpulist(value, limit=max(topology.possible | topology.online) + 1)
     except CpuListError as exc:
         raise LayoutError("%s: %s" % (field, exc))
     offline = cpus - topology.online
@@ -147,7 +147,7 @@ def resolve(spec, topology, current_partitions=None):
     for index, entry in enumerate(entries):
         field = "partitions[%d]" % index
         name = entry.get("name")
-        if not name or not _NAME.match(str(name)):
+        if not name or not isinstance(name, str) or not _NAME.fullmatch(name):
             raise LayoutError("%s.name: %r is not a partition name (letters, digits, '-', '_'; "
                               "at most 63 characters)" % (field, name))
         if name in names:
@@ -668,13 +668,23 @@ def module_argument_spec():
     return spec
 
 
-def desired_spec(params, record):
+def desired_spec(params, record, existing=()):
     """The spec to resolve: the task's, or for ``absent`` the recorded one minus the named partitions."""
     if params["state"] == "present":
         return {key: params[key] for key in ("housekeeping", "partitions", "pool", "irq_steering", "kernel_args")}
     names = [p["name"] for p in params["partitions"]]
-    if not names or not record:
+    if not names:
         return None
+    have = sorted(set(p["name"] for p in (record or {}).get("partitions", [])) | set(existing or ()))
+    for index, name in enumerate(names):
+        if name not in have:
+            raise LayoutError("partitions[%d].name: no partition '%s' on this node (partitions: %s); nothing was "
+                              "removed" % (index, name, ", ".join(have) or "none"))
+    if not record:
+        if set(names) >= set(have):
+            return None
+        raise LayoutError("partitions: without a layout record (%s) only every partition can be removed at "
+                          "once (%s), not some of them" % (params["layout_file"], ", ".join(have)))
     spec = record_to_spec(record)
     spec["partitions"] = [p for p in spec["partitions"] if p["name"] not in names]
     if not record.get("pool_auto", False):
@@ -686,7 +696,7 @@ def desired_spec(params, record):
 def plan_partition(node, params):
     """The partition module's plan and result (before execution) from the node and the task."""
     with node.timings.measure("plan"):
-        spec = desired_spec(params, node.record)
+        spec = desired_spec(params, node.record, node.cgroups.partitions())
         layout, current = prepare(spec, node, node.running_pins())
         if layout is not None and params["state"] == "present":
             record_auto = params["pool"] in (None, "auto")

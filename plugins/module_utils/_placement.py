@@ -17,6 +17,8 @@ be admitted raises ``PlacementError`` naming the guest, the partition and what b
 
 from __future__ import annotations
 
+import re
+
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
     format_cpulist,
     parse_cpulist,
@@ -43,14 +45,23 @@ def guests_argument_spec():
 
 def requests_from_params(entries):
     """The module's ``guests`` entries as planner requests (unset values and a shared guest's
-    default partition left out)."""
+    default partition left out). A guest listed twice is refused, naming both entries."""
     requests = []
-    for entry in entries:
+    seen = {}
+    for index, entry in enumerate(entries):
         request = {k: v for k, v in entry.items() if v is not None}
-        if request.get("placement") == "shared":
-            request.pop("partition", None)
+        if request.get("placement") == "shared" and request.get("partition") == "auto":
+            request.pop("partition")        # the option's default; any other partition is refused below
+        name = request.get("name")
+        if name in seen:
+            raise PlacementError("guests[%d].name: guest '%s' is listed twice (also guests[%d])"
+                                 % (index, name, seen[name]))
+        seen[name] = index
         requests.append(request)
     return requests
+
+
+_GUEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 class PlacementError(HpcvirtError, ValueError):
@@ -65,8 +76,11 @@ def normalise_request(index, request):
     """Validate one entry of the module's ``guests`` list; return it with defaults filled in."""
     field = "guests[%d]" % index
     name = request.get("name")
-    if not name:
+    if not name or not isinstance(name, str):
         raise PlacementError("%s.name: a guest name is required" % field)
+    if len(name) > 200 or not _GUEST_NAME.fullmatch(name):
+        raise PlacementError("%s.name: %r is not a guest name (letters, digits, '.', '-', '_', '+', at most "
+                             "200 characters)" % (field, name))
     mode = request.get("placement")
     if mode not in ("dedicated", "shared"):
         raise PlacementError("%s.placement: must be 'dedicated' or 'shared', got %r" % (field, mode))
@@ -79,7 +93,8 @@ def normalise_request(index, request):
                                      % (field, key))
     else:
         if request.get("partition"):
-            raise PlacementError("%s.partition: only for dedicated placement" % field)
+            raise PlacementError("%s.partition: only for dedicated placement; a shared guest floats over "
+                                 "the pool (got partition %r)" % (field, request["partition"]))
         shares = request.get("cpu_shares")
         quota = request.get("vcpu_quota")
         if shares is not None and not 2 <= shares <= 262144:

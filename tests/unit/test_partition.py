@@ -227,9 +227,14 @@ REFUSALS = [
      "partitions[1].cpus: CPU 3 of partition 'b' is already in partition 'a'"),
     ("partition overlaps housekeeping",
      spec("0-3", {"name": "a", "cpus": "3-4"}), None, "partitions[0].cpus: CPU 3 of partition 'a' is already in housekeeping"),
-    ("cpus not online", spec("0", {"name": "a", "cpus": "200-201"}), None,
-     "partitions[0].cpus: CPUs 200,201 are not online"),
-    ("housekeeping not online", spec("500"), None, "housekeeping: CPUs 500 are not online"),
+    ("cpus beyond the node", spec("0", {"name": "a", "cpus": "200-201"}), None,
+     "partitions[0].cpus: '200-201' names CPU 201, beyond the last CPU this node can have (127)"),
+    ("housekeeping beyond the node", spec("500"), None,
+     "housekeeping: '500' names CPU 500, beyond the last CPU this node can have (127)"),
+    ("runaway cpu-list, refused before it is expanded", spec("0", {"name": "a", "cpus": "0-4000000000"}), None,
+     "partitions[0].cpus: '0-4000000000' names CPU 4000000000, beyond the last CPU"),
+    ("partition name with a trailing newline", spec("0", {"name": "p1\n", "cpus": "1"}), None,
+     "partitions[0].name: 'p1\\n' is not a partition name"),
     ("empty housekeeping", spec(""), None, "housekeeping: must name at least one online CPU"),
     ("numa mismatch", spec("0", {"name": "a", "cpus": "15-16", "numa_nodes": [0]}), None,
      "partitions[0].cpus: partition 'a' spans NUMA node(s) 1 but numa_nodes says 0"),
@@ -261,3 +266,22 @@ def test_refusals_name_the_field_and_change_nothing(tmp_path, the_spec, pins, me
         carve(root, the_spec, guest_pins=pins)
     assert message in str(caught.value)
     assert snapshot(root) == before
+
+
+def test_absent_naming_an_unknown_partition_removes_nothing(tmp_path):
+    root = fake_node(tmp_path, "partition-2cpu")
+    carve(root, spec("0", {"name": "p1", "cpus": "1"}))
+    before = snapshot(root)
+    params = {"state": "absent", "partitions": [{"name": "p2"}], "layout_file": "/etc/hpcvirt/layout.json"}
+    with pytest.raises(part.LayoutError, match=r"partitions\[0\].name: no partition 'p2' on this node \(partitions: p1\)"):
+        part.desired_spec(params, node_at(root).record, node_at(root).cgroups.partitions())
+    assert snapshot(root) == before
+
+
+def test_absent_without_a_record_removes_all_or_nothing(tmp_path):
+    root = fake_node(tmp_path, "partition-2cpu")
+    carve(root, spec("0", {"name": "p1", "cpus": "1"}))
+    os.unlink(os.path.join(root, "etc/hpcvirt/layout.json"))
+    existing = node_at(root).cgroups.partitions()
+    assert part.desired_spec({"state": "absent", "partitions": [{"name": "p1"}], "layout_file": "x"}, None,
+                             existing) is None
