@@ -6,6 +6,8 @@ packages=(
   python3-libvirt python3-lxml python3-netaddr python3-venv python3-dev gcc
   cpio busybox-static e2fsprogs procps iproute2 shellcheck
   chromium  # the core map's browser test (tests/integration/test_report_browser.py)
+  # tools/prodnode/prodnode.sh: the production-like node's root tree, its SSH key and client
+  debootstrap openssh-client
 )
 missing=()
 for pkg in "${packages[@]}"; do

@@ -9,6 +9,10 @@ speaks, and where libvirt puts its guests (the "machine" cgroup: ``machine.slice
 ``machine`` without it). Partitions are cgroups below the machine cgroup named
 ``hpcvirt-<name>.partition`` so that a guest pinned into one is allowed by its parent.
 
+``CgroupLayout.problems`` says, from what the kernel reads back, why a node's layout cannot be
+used (no cpuset controller, cpuset not enabled down to the machine cgroup, a partition the kernel
+reads back invalid); the planners refuse such a node before they change anything.
+
 Everything reads below a root path so unit tests use recorded trees.
 """
 
@@ -162,6 +166,63 @@ class CgroupLayout:
                 found[name] = child
         return found
 
+    def problems(self):
+        """Why this layout cannot carry partitions, one sentence per cause naming the cgroup file
+        and what the kernel reads back there; empty when it can."""
+        found = []
+        if self.cpuset_version is None:
+            if self.v2_root:
+                controllers = read_text(self.v2_root, "cgroup.controllers", "")
+                found.append("%s reads '%s': the kernel offers no cpuset controller to the unified hierarchy "
+                             "and no v1 cpuset hierarchy is mounted"
+                             % (os.path.join(self.v2_root, "cgroup.controllers"), controllers))
+            else:
+                found.append("no cpuset hierarchy is mounted")
+            return found
+        if self.cpuset_version == 2:
+            found.extend(self._v2_delegation())
+        for cgroup in [self.machine] + sorted(self.partitions().values(), key=lambda c: c.path):
+            if cgroup is None or not cgroup.exists():
+                continue
+            state = cgroup.read("cpuset.cpus.partition") if self.cpuset_version == 2 else None
+            if state and "invalid" in state:
+                found.append("%s reads '%s': the kernel does not hold this partition; set it back to "
+                             "'member' (or fix what the reason names) before hpcvirt changes the node"
+                             % (cgroup.file("cpuset.cpus.partition"), state))
+        return found
+
+    def _v2_delegation(self):
+        """v2: cpuset must be enabled in every ``cgroup.subtree_control`` from the root down to the
+        machine cgroup (so it has cpuset files) and in the machine cgroup's own (so partition
+        cgroups below it do)."""
+        if self.machine is None:
+            return []
+        if not self.machine.exists():
+            if self.systemd:
+                return ["%s does not exist: systemd creates it when libvirt starts the first guest, and "
+                        "hpcvirt does not create a cgroup systemd owns; start a guest first"
+                        % self.machine.path]
+            return []
+        found = []
+        relative = os.path.relpath(self.machine.path, self.cpuset_root)
+        if relative.startswith(".."):
+            return ["%s is not below the cpuset hierarchy %s" % (self.machine.path, self.cpuset_root)]
+        parts = relative.split(os.sep)
+        chain = [os.path.join(self.cpuset_root, *parts[:depth]) for depth in range(len(parts))]
+        for parent in chain:
+            control = read_text(parent, "cgroup.subtree_control", "")
+            if "cpuset" not in control.split():
+                found.append("%s reads '%s': cpuset is not enabled for the cgroups below %s, so %s has no "
+                             "cpuset files" % (os.path.join(parent, "cgroup.subtree_control"), control, parent,
+                                               self.machine.path))
+                return found
+        control = self.machine.read("cgroup.subtree_control", "")
+        if "cpuset" not in control.split():
+            found.append("%s reads '%s': cpuset is not enabled below the machine cgroup (libvirt enables "
+                         "it when it starts a guest there), so a partition cgroup would have no cpuset files"
+                         % (self.machine.file("cgroup.subtree_control"), control))
+        return found
+
     def guest_cgroups(self):
         """Cgroups of guests below the machine cgroup (everything that is not a partition)."""
         if self.machine is None:
@@ -176,6 +237,7 @@ class CgroupLayout:
             "machine_cgroup": self.machine.path if self.machine else None,
             "machine_cgroup_exists": bool(self.machine and self.machine.exists()),
             "systemd": self.systemd,
+            "problems": self.problems(),
         }
 
 

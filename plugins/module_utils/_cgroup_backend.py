@@ -9,7 +9,13 @@ Which files make a partition, in which order, and when the kernel will accept ex
   sibling's ``cpuset.cpus`` overlaps (else EACCES / EINVAL); ``mem_exclusive`` likewise for mems;
   ``sched_load_balance=0`` isolates only when every ancestor also has it at 0.
 * v2: ``cpuset.cpus.partition`` = ``root`` / ``isolated`` is valid only below a valid partition root
-  and with CPUs no sibling holds; otherwise the kernel reads back ``root invalid (reason)``.
+  and with CPUs no sibling holds; otherwise the kernel accepts the write and reads back
+  ``root invalid (reason)``. ``write_file`` reads a partition write back and, when the kernel does
+  not hold it, sets the cgroup back to ``member`` and fails naming the file and the reason.
+* v2 under systemd: systemd owns ``machine.slice``; ``systemctl daemon-reload`` rewrites its
+  ``cpuset.cpus`` from the slice's ``AllowedCPUs``, so hpcvirt never writes the machine cgroup there
+  and only checks that it allows every CPU the layout needs (``v2_machine_problem``). Partition
+  cgroups below it are hpcvirt's own directories, which systemd leaves alone.
 
 libvirt copies the machine cgroup's cpus into every guest cgroup it creates (v1) and guests start
 with every CPU allowed, so a partition beside running guests usually cannot be made exclusive by
@@ -99,6 +105,20 @@ def clear_exclusive_writes(version, part):
     return writes
 
 
+def v2_machine_problem(current, need_cpus):
+    """v2: why the machine cgroup (systemd's, not written by hpcvirt) cannot hold ``need_cpus``."""
+    machine = current["machine"]
+    effective = parse_cpulist(read_text(machine["path"], "cpuset.cpus.effective", "")) if machine["exists"] else frozenset()
+    missing = need_cpus - effective
+    if not missing:
+        return None
+    return ("%s reads '%s' but the layout needs CPUs %s there (housekeeping for emulator threads, the pool "
+            "and every partition); allow them through systemd, e.g. systemctl set-property --runtime "
+            "%s AllowedCPUs=%s" % (os.path.join(machine["path"], "cpuset.cpus.effective"), format_cpulist(effective),
+                                   format_cpulist(missing), os.path.basename(machine["path"]),
+                                   format_cpulist(need_cpus | effective)))
+
+
 def _overlapping_guests(current, cpus):
     return sorted(name for name, guest in current["guest_cgroups"].items() if guest & cpus)
 
@@ -160,7 +180,11 @@ def _v2_exclusive(current, want, flags, report):
     parent_state = read_text(current["machine"]["path"], V2_PARTITION)
     if parent_state is not None and parent_state not in ("root", "isolated"):
         report["blockers"].append(
-            "parent %s is a '%s', not a valid partition root; v2 allows a partition only below one"
+            "parent %s is a '%s', not a valid partition root, and v2 allows a partition only below one "
+            "(the kernel would read back 'root invalid (Parent is not a partition root)'). hpcvirt does "
+            "not make the machine cgroup a partition root: the emulator threads of every guest live below "
+            "it, on housekeeping CPUs, and a partition root cannot share CPUs with the host's other "
+            "cgroups; a guest pinned into a partition elsewhere would lose those CPUs (docs/partition.md)"
             % (current["machine"]["path"], parent_state))
     if report["blockers"]:
         return [], report
@@ -190,12 +214,26 @@ def _why(exc, path):
     return "%s: %s (%s)" % (path, reasons.get(exc.errno, exc.strerror), os.strerror(exc.errno))
 
 
-def write_file(path, value):
+def _write_raw(path, value):
     try:
         with open(path, "w") as handle:
             handle.write(value if value != "" else "\n")
     except OSError as exc:
         raise BackendError(_why(exc, path))
+
+
+def write_file(path, value):
+    _write_raw(path, value)
+    if os.path.basename(path) == V2_PARTITION and value in ("root", "isolated"):
+        # v2 accepts the write and says only on reading back whether it holds the partition.
+        state = read_text(os.path.dirname(path), V2_PARTITION, "")
+        if "invalid" in state:
+            try:
+                _write_raw(path, "member")
+            except BackendError:
+                pass
+            raise BackendError("%s: the kernel read back '%s' and does not hold the partition; "
+                               "set it back to 'member'" % (path, state))
 
 
 def create(path):

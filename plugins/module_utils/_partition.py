@@ -411,9 +411,17 @@ def prepare(spec, node, guest_pins):
     Returns ``(layout, current)``; raises ``LayoutError`` before anything is changed.
     """
     topology = node.topology
+    problems = node.cgroups.problems()
+    if problems:
+        raise LayoutError("cgroup: this node's cgroup layout cannot carry partitions: %s" % "; ".join(problems))
     have = {name: cgroup.cpus for name, cgroup in node.cgroups.partitions().items()}
     layout = resolve(spec, topology, have) if spec is not None else None
     current = observe(node, guest_pins=guest_pins)
+    if layout is not None and current["version"] == 2:
+        need = layout["housekeeping"] | layout["pool"] | frozenset().union(*(p["cpus"] for p in layout["partitions"]))
+        problem = backend.v2_machine_problem(current, need)
+        if problem:
+            raise LayoutError("cgroup: %s" % problem)
     removing = set(current["partitions"]) - {p["name"] for p in (layout["partitions"] if layout else [])}
     check_running_guests(layout, current, removing)
     for name in sorted(removing):
@@ -491,7 +499,11 @@ def build_plan(layout, current, layout_path, record_extra=None):
     final_cpus = need_cpus | held_cpus
     final_mems = machine["mems"] | part_mems if machine["exists"] else (part_mems | current["machine_parent_mems"])
     wide_cpus = machine["cpus"] | final_cpus
-    if not machine["exists"]:
+    if version == 2:
+        # systemd owns the v2 machine cgroup (prepare checked that it allows what the layout needs):
+        # hpcvirt writes only its own partition cgroups below it.
+        final_cpus = wide_cpus = machine["cpus"]
+    elif not machine["exists"]:
         plan.add(CGROUP_CREATE, machine["path"], None, "present")
         for key, value in backend.new_cgroup_files(version, final_cpus, final_mems):
             plan.add(CGROUP_WRITE, os.path.join(machine["path"], key), None, value)
@@ -542,8 +554,8 @@ def build_plan(layout, current, layout_path, record_extra=None):
         plan.add(CGROUP_WRITE, os.path.join(machine["path"], "cpuset.cpus"),
                  format_cpulist(wide_cpus), format_cpulist(final_cpus))
 
-    if (layout is None and "machine" in (record.get("restore") or {}) and record["restore"]["machine"] is None
-            and machine["exists"] and not current["guest_cgroups"]):
+    if (version != 2 and layout is None and "machine" in (record.get("restore") or {})
+            and record["restore"]["machine"] is None and machine["exists"] and not current["guest_cgroups"]):
         plan.add(CGROUP_REMOVE, machine["path"], "present", None)
 
     irq_report = {"steered": [], "unmovable": [], "per_cpu": list(current.get("per_cpu_irqs", []))}

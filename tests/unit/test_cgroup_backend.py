@@ -1,10 +1,11 @@
-"""The cgroup v2 backend against a FAKE v2 tree.
+"""The cgroup v2 backend's logic against a FAKE v2 tree.
 
-cpuset lives on cgroup v1 on the development machine (hybrid mode), and a controller can be bound
-to one hierarchy only, so a real v2 cpuset cannot be mounted there. ``FakeV2Kernel`` stands in for
-the kernel and enforces v2's partition rules on plain files: a partition is valid only below a valid
-partition root, with CPUs no sibling's cpuset.cpus overlaps; otherwise it reads back
-``root invalid (reason)`` as the kernel does; cpuset.cpus.exclusive must not overlap a sibling's.
+cpuset lives on cgroup v1 on the development machine (hybrid mode), so these unit tests use a fake
+tree; the backend runs on a real 6.1 kernel under systemd in the molecule scenario ``production``
+(tools/prodnode, docs/partition.md), and the rules ``FakeV2Kernel`` enforces are the ones that
+kernel answered there: a partition is valid only below a valid partition root, with CPUs no
+sibling's cpuset.cpus overlaps; otherwise the write succeeds and the file reads back
+``root invalid (reason)``; cpuset.cpus.exclusive must not overlap a sibling's.
 """
 
 import errno
@@ -18,6 +19,10 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils import _cgroup_back
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _partition as part
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import parse_cpulist
 from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_text
+
+# cpuset enabled from the root down to below machine.slice, as libvirt leaves it once a guest ran.
+DELEGATED = {"/sys/fs/cgroup/cgroup.subtree_control": "cpuset cpu io memory pids",
+             "/sys/fs/cgroup/machine.slice/cgroup.subtree_control": "cpuset cpu io memory pids"}
 
 SPEC = {"housekeeping": "0", "partitions": [{"name": "p1", "cpus": "1"}], "pool": "auto",
         "irq_steering": False, "kernel_args": []}
@@ -56,9 +61,15 @@ class FakeV2Kernel:
 
 @pytest.fixture
 def fake_v2_kernel(monkeypatch):
-    kernel = FakeV2Kernel(backend.write_file)
-    monkeypatch.setattr(backend, "write_file", kernel.write)
+    kernel = FakeV2Kernel(backend._write_raw)
+    monkeypatch.setattr(backend, "_write_raw", kernel.write)
     return kernel
+
+
+def v2_node(tmp_path, extra=None, **kwargs):
+    files = dict(DELEGATED)
+    files.update(extra or {})
+    return fake_node(tmp_path, "partition-2cpu", version=2, extra=files, **kwargs)
 
 
 def run(root, spec=None):
@@ -75,7 +86,7 @@ def run(root, spec=None):
 
 
 def test_v2_below_a_member_parent_reports_why_and_writes_no_partition(tmp_path, fake_v2_kernel):
-    root = fake_node(tmp_path, "partition-2cpu", version=2)
+    root = v2_node(tmp_path)
     plan, report, state = run(root)
     assert not [s for s in plan if s.target.endswith(backend.V2_PARTITION)]
     assert report["exclusivity"]["p1"]["enforced"] is False
@@ -84,8 +95,7 @@ def test_v2_below_a_member_parent_reports_why_and_writes_no_partition(tmp_path, 
 
 
 def test_v2_below_a_root_parent_becomes_a_partition_root(tmp_path, fake_v2_kernel):
-    root = fake_node(tmp_path, "partition-2cpu", version=2,
-                     extra={"/sys/fs/cgroup/machine.slice/cpuset.cpus.partition": "root"})
+    root = v2_node(tmp_path, extra={"/sys/fs/cgroup/machine.slice/cpuset.cpus.partition": "root"})
     plan, report, state = run(root)
     keys = [os.path.basename(s.target) for s in plan]
     assert keys.index(backend.V2_EXCLUSIVE) < keys.index(backend.V2_PARTITION)
@@ -97,23 +107,84 @@ def test_v2_below_a_root_parent_becomes_a_partition_root(tmp_path, fake_v2_kerne
 
 
 def test_v2_guest_overlapping_is_a_blocker(tmp_path, fake_v2_kernel):
-    root = fake_node(tmp_path, "partition-2cpu", version=2, guests={"machine-qemu-1-g.scope": "0-1"},
-                     extra={"/sys/fs/cgroup/machine.slice/cpuset.cpus.partition": "root"})
+    root = v2_node(tmp_path, guests={"machine-qemu-1-g.scope": "0-1"},
+                   extra={"/sys/fs/cgroup/machine.slice/cpuset.cpus.partition": "root"})
     plan, report, state = run(root)
     assert "machine-qemu-1-g.scope" in report["exclusivity"]["p1"]["blockers"][0]
     assert state == "member"
 
 
-def test_v2_invalid_root_is_read_back(tmp_path, fake_v2_kernel):
-    # A guest appears between plan and apply: the kernel then says why the partition is invalid.
-    root = fake_node(tmp_path, "partition-2cpu", version=2,
-                     extra={"/sys/fs/cgroup/machine.slice/cpuset.cpus.partition": "root"})
+def test_v2_invalid_root_is_read_back_set_back_to_member_and_fails(tmp_path, fake_v2_kernel):
+    # A guest appears between plan and apply: the kernel then says why the partition is invalid;
+    # the write is undone and the step fails naming the file and the kernel's reason.
+    root = v2_node(tmp_path, extra={"/sys/fs/cgroup/machine.slice/cpuset.cpus.partition": "root"})
     node = node_at(root)
     cgroups = node.cgroups
     layout, current = part.prepare(SPEC, node, {})
     plan, _unused = part.build_plan(layout, current, os.path.join(root, "etc/hpcvirt/layout.json"))
     from conftest import materialise
     materialise(root, v2_cgroup("/sys/fs/cgroup/machine.slice/late.scope", "1"))
-    execute_plan(plan, root)
-    state = backend.read_back_state(os.path.join(cgroups.machine.path, "hpcvirt-p1.partition"))
-    assert state == "root invalid (Cpu list in cpuset.cpus not exclusive)"
+    with pytest.raises(Exception) as failed:
+        execute_plan(plan, root)
+    path = os.path.join(cgroups.machine.path, "hpcvirt-p1.partition")
+    assert os.path.join(path, backend.V2_PARTITION) in str(failed.value)
+    assert "root invalid (Cpu list in cpuset.cpus not exclusive)" in str(failed.value)
+    assert backend.read_back_state(path) == "member"
+
+
+def test_v2_never_writes_the_machine_cgroup_systemd_owns(tmp_path, fake_v2_kernel):
+    # systemctl daemon-reload rewrites machine.slice's cpuset.cpus from AllowedCPUs on the real
+    # node: hpcvirt leaves that file alone and writes only its partition cgroup.
+    root = v2_node(tmp_path, extra={"/sys/fs/cgroup/machine.slice/cpuset.cpus": ""})
+    plan, _report, _state = run(root)
+    machine = os.path.join(node_at(root).cgroups.machine.path, "")
+    written = [s.target for s in plan if s.name.startswith("cgroup")]
+    assert written and all(t.startswith(machine + "hpcvirt-p1.partition") for t in written)
+    assert read_text(machine, "cpuset.cpus") == ""
+
+
+def test_v2_machine_cgroup_must_allow_the_layout(tmp_path, fake_v2_kernel):
+    root = v2_node(tmp_path, machine_cpus="0")
+    with pytest.raises(part.LayoutError) as refused:
+        part.prepare(SPEC, node_at(root), {})
+    message = str(refused.value)
+    assert "machine.slice/cpuset.cpus.effective reads '0'" in message
+    assert "AllowedCPUs=0,1" in message
+    assert not os.path.exists(os.path.join(root, "sys/fs/cgroup/machine.slice/hpcvirt-p1.partition"))
+
+
+@pytest.mark.parametrize("extra, expect", [
+    ({"/sys/fs/cgroup/cgroup.subtree_control": "cpu memory pids"},
+     "sys/fs/cgroup/cgroup.subtree_control reads 'cpu memory pids': cpuset is not enabled"),
+    ({"/sys/fs/cgroup/machine.slice/cgroup.subtree_control": "memory pids"},
+     "machine.slice/cgroup.subtree_control reads 'memory pids': cpuset is not enabled below the machine cgroup"),
+    ({"/sys/fs/cgroup/machine.slice/hpcvirt-p1.partition/cpuset.cpus": "1",
+      "/sys/fs/cgroup/machine.slice/hpcvirt-p1.partition/cpuset.cpus.partition":
+      "root invalid (Parent is not a partition root)"},
+     "hpcvirt-p1.partition/cpuset.cpus.partition reads 'root invalid (Parent is not a partition root)'"),
+    ({"/sys/fs/cgroup/cgroup.controllers": "cpu io memory pids"},
+     "sys/fs/cgroup/cgroup.controllers reads 'cpu io memory pids': the kernel offers no cpuset controller"),
+])
+def test_v2_unusable_layout_is_refused_before_any_change(tmp_path, fake_v2_kernel, extra, expect):
+    from partition_helpers import snapshot
+    root = v2_node(tmp_path, extra=extra)
+    before = snapshot(root)
+    node = node_at(root)
+    assert any(expect in problem for problem in node.cgroups.problems())
+    assert any(expect in problem for problem in node.cgroups.to_dict()["problems"])
+    with pytest.raises(part.LayoutError) as refused:
+        part.prepare(SPEC, node, {})
+    assert expect in str(refused.value)
+    assert snapshot(root) == before
+
+
+def test_v2_machine_slice_absent_under_systemd_is_refused(tmp_path):
+    root = v2_node(tmp_path, extra={"/proc/1/comm": "systemd"})
+    import shutil
+    shutil.rmtree(os.path.join(root, "sys/fs/cgroup/machine.slice"))
+    problems = node_at(root).cgroups.problems()
+    assert len(problems) == 1 and "machine.slice does not exist: systemd creates it" in problems[0]
+
+
+def test_v2_usable_layout_has_no_problems(tmp_path):
+    assert node_at(v2_node(tmp_path)).cgroups.problems() == []
