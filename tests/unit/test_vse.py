@@ -252,7 +252,6 @@ def test_a_guest_moved_by_lift_or_drop_stays_where_it_is_until_the_vse_placement
 # The composition: plan_vse on a node (a NodeState's fields) with a domain that answers XMLDesc
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _vse as vse  # noqa: E402
-from ansible_collections.hpcvirt.regime.plugins.module_utils._domain import build_domain_xml  # noqa: E402
 
 
 class FakeLibvirt:
