@@ -208,7 +208,13 @@ counts:
   type: dict
   sample: {create: 200, update: 0, keep: 0, remove: 0, start: 4}
 plan:
-  description: The steps of the run (or, in check mode, of the run that would happen).
+  description:
+    - The steps of the run (or, in check mode, of the run that would happen), one per batch of
+      O(batch_size) members, in the order they are executed. C(action) is one of
+      C(complete_interrupted_run), C(rollback_interrupted_run), C(create_pool), C(create_overlays),
+      C(redefine), C(define), C(start), C(remove), and the roll-back steps C(rollback_stop),
+      C(rollback_undefine), C(rollback_restore), C(rollback_delete_overlays), C(rollback_remove_pool),
+      C(rollback_remove_directory); C(members) lists the batch's members; C(ms) is set when executed.
   returned: always
   type: list
   elements: dict
@@ -223,11 +229,18 @@ recovered:
       or C(rolled_back), C(journal), and for a roll-back what was undone).
   returned: always
   type: dict
+journal:
+  description: Path of the fleet's journal (present only while a run is interrupted).
+  returned: always
+  type: str
+  sample: /var/lib/hpcvirt/journal/fleet-job42.json
 timings:
-  description: Milliseconds per phase (C(validate), C(pools), C(overlays), C(define), C(start), C(remove), C(rollback)).
+  description:
+    - Milliseconds per phase that ran (C(read), C(validate), C(pools), C(overlays), C(define), C(start),
+      C(remove), C(rollback)).
   returned: always
   type: dict
-  sample: {validate: 180.2, overlays: 3120.5, define: 640.1, start: 2100.7}
+  sample: {read: 95.3, validate: 180.2, overlays: 3120.5, define: 640.1, start: 2100.7}
 """
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _fleet as fleet

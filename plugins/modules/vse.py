@@ -202,7 +202,10 @@ restart_fields:
   type: list
   elements: str
 plan:
-  description: The steps of the run (or, in check mode, of the run that would happen).
+  description:
+    - The steps of the run (or, in check mode, of the run that would happen), in order; C(action) is
+      one of C(create_directory), C(create_overlay), C(define), C(set_live), C(start), C(stop),
+      C(destroy), C(undefine), C(delete_overlay); C(ms) is set when executed.
   returned: always
   type: list
   elements: dict
@@ -211,9 +214,12 @@ domain_state:
   returned: always
   type: str
 timings:
-  description: Milliseconds per live operation.
+  description:
+    - Milliseconds per action of the plan that ran (C(create_overlay), C(define), C(set_live), C(start),
+      C(stop), C(destroy), C(undefine), C(delete_overlay)), and C(read), reading the node.
   returned: always
   type: dict
+  sample: {read: 42.1, create_overlay: 35.2, define: 12.8, start: 160.4}
 """
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
