@@ -55,6 +55,7 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._vse import (
     merge_layers,
     place,
     resolve,
+    undefine_flags,
     validate,
 )
 
@@ -64,8 +65,6 @@ MAX_MEMBERS = 5000
 OVERLAY_BYTES = 256 * 1024
 # Memory a started member costs beyond its own RAM (QEMU itself, its page tables, TCG buffers).
 QEMU_OVERHEAD_MIB = 64
-UNDEFINE_FLAGS_NAMES = ("VIR_DOMAIN_UNDEFINE_MANAGED_SAVE", "VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA",
-                        "VIR_DOMAIN_UNDEFINE_NVRAM")
 MAX_BATCH = 1000
 MAX_CONCURRENCY = 64
 MAX_LOCK_TIMEOUT = 86400
@@ -516,22 +515,22 @@ def _run_start(ctx, step):
     _progress(ctx, "started", len(results))
 
 
-def _undefine_flags(libvirt):
-    flags = 0
-    for flag in UNDEFINE_FLAGS_NAMES:
-        flags |= getattr(libvirt, flag, 0)
-    return flags
+def _destroy_and_undefine(ctx, name):
+    """Power a member off if it runs and undefine it; False when it is not defined (any more)."""
+    dom = _lookup(ctx, name)
+    if dom is None:
+        return False
+    if dom.isActive():
+        dom.destroy()
+    dom.undefineFlags(undefine_flags(ctx.libvirt))
+    return True
 
 
 def _run_remove(ctx, step):
     """Destroy (if running), undefine and delete the overlays of members; returns the overlays deleted."""
     overlays = []
     for name in step.detail["members"]:
-        dom = _lookup(ctx, name)
-        if dom is not None:
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(_undefine_flags(ctx.libvirt))
+        _destroy_and_undefine(ctx, name)
         ctx.removed.append(name)
         overlays.extend(step.detail["overlays"].get(name) or [])
     return storage.delete_volumes(ctx.conn, [path for path in overlays if os.path.exists(path)])
@@ -545,12 +544,7 @@ def _run_rollback_stop(ctx, step):
 
 
 def _run_rollback_undefine(ctx, step):
-    for name in step.detail["members"]:
-        dom = _lookup(ctx, name)
-        if dom is not None:
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(_undefine_flags(ctx.libvirt))
+    return [name for name in step.detail["members"] if _destroy_and_undefine(ctx, name)]
 
 
 def _run_rollback_restore(ctx, step):
@@ -599,8 +593,6 @@ ROLLBACK_DELETE_OVERLAYS = Action("rollback_delete_overlays", _run_rollback_dele
 ROLLBACK_REMOVE_POOL = Action("rollback_remove_pool", _run_rollback_remove_pool, phase="rollback")
 ROLLBACK_REMOVE_DIRECTORY = Action("rollback_remove_directory", _run_rollback_remove_directory, phase="rollback")
 CREATING = (CREATE_POOL, CREATE_OVERLAYS, REDEFINE, DEFINE, START)
-ROLLBACK = (ROLLBACK_STOP, ROLLBACK_UNDEFINE, ROLLBACK_RESTORE, ROLLBACK_DELETE_OVERLAYS, ROLLBACK_REMOVE_POOL,
-            ROLLBACK_REMOVE_DIRECTORY)
 
 
 # --------------------------------------------------------------------------------------------
@@ -887,7 +879,7 @@ def undone_by(plan):
         if step.action is ROLLBACK_STOP:
             undone["stopped"].extend(step.detail["members"])
         elif step.action is ROLLBACK_UNDEFINE:
-            undone["undefined"].extend(step.detail["members"])
+            undone["undefined"].extend(step.result or [])
         elif step.action is ROLLBACK_RESTORE:
             undone["restored"].extend(step.detail["members"])
         elif step.action is ROLLBACK_DELETE_OVERLAYS:

@@ -687,11 +687,16 @@ def _run_destroy(ctx, _step):
     ctx.dom.destroy()
 
 
-def _run_undefine(ctx, _step):
+def undefine_flags(libvirt):
+    """Undefine a guest with its managed save image, snapshot metadata and NVRAM (those libvirt has)."""
     flags = 0
     for name in UNDEFINE_FLAG_NAMES:
-        flags |= getattr(ctx.libvirt, name, 0)
-    ctx.dom.undefineFlags(flags)
+        flags |= getattr(libvirt, name, 0)
+    return flags
+
+
+def _run_undefine(ctx, _step):
+    ctx.dom.undefineFlags(undefine_flags(ctx.libvirt))
     ctx.dom = None
 
 
