@@ -379,3 +379,23 @@ def test_a_failed_run_deletes_only_the_overlays_of_a_guest_never_defined(files, 
     ctx.dom = Dom(ctx.xml)
     deleted.clear()
     assert vse.undo_new_overlays(ctx) == [] and deleted == []
+
+
+def test_an_oserror_creating_an_overlay_ends_as_a_message_naming_the_step(files, monkeypatch):
+    import errno
+
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import describe
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import StepFailed, execute
+
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(files / "g1-vda.qcow2"))
+
+    monkeypatch.setattr("ansible_collections.hpcvirt.regime.plugins.module_utils._storage.create_overlay", full)
+    plan, ctx, _report = vse.plan_vse(Node(), params(files), FakeLibvirt, volume_exists=lambda p: False)
+    with pytest.raises(StepFailed) as failed:
+        execute(plan, ctx)
+    msg, extra = describe(failed.value)
+    assert msg == "step 1 of 3 (create_overlay %s): %s: No space left on device" % (
+        files / "g1-vda.qcow2", files / "g1-vda.qcow2")
+    assert extra["steps_done"] == 0 and extra["changed"] is False
+    assert ctx.done == [] and vse.undo_new_overlays(ctx) == []
