@@ -66,6 +66,7 @@ OVERLAY_BYTES = 256 * 1024
 # Memory a started member costs beyond its own RAM (QEMU itself, its page tables, TCG buffers).
 QEMU_OVERHEAD_MIB = 64
 MAX_BATCH = 1000
+OVERLAY_KEYS = ("path", "dev", "master", "pool", "pool_dir", "size", "member", "replace")
 MAX_CONCURRENCY = 64
 MAX_LOCK_TIMEOUT = 86400
 
@@ -379,7 +380,6 @@ def summary(member):
     return {"vcpus": resolved["vcpus"], "memory_mib": resolved["memory_kib"] // 1024,
             "addresses": resolved["addresses"], "hostname": resolved["hostname"],
             "overlays": (resolved["metadata"].get("overlays") or {})}
-
 
 
 def classify(members):
@@ -701,8 +701,7 @@ def plan_present(run, overlays):
         members = [disk["member"] for disk in batch]
         plan.add(CREATE_OVERLAYS, span(members), before=None,
                  after={disk["path"]: {"backing": disk["master"]} for disk in batch}, members=members,
-                 overlays=[{k: v for k, v in disk.items() if k in ("path", "dev", "master", "pool", "pool_dir", "size",
-                                                                 "member", "replace")} for disk in batch])
+                 overlays=[{k: v for k, v in disk.items() if k in OVERLAY_KEYS} for disk in batch])
         lists["overlays"].extend(disk["path"] for disk in batch)
     updates = [m for m in run.members if m["action"] == "update"]
     creates = [m for m in run.members if m["action"] == "create"]

@@ -628,8 +628,6 @@ def keep_current_placement(resolved, current):
         resolved["metadata"]["placement"] = dict(placement)
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # The composition the vse module runs: plan a guest's change from the NodeState, and the typed
 # actions ``_plan.execute`` carries out.
