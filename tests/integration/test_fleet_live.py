@@ -299,7 +299,7 @@ def test_sigkill_after_every_step_then_the_next_run_converges(conn, fleet):
     killed after each step in turn; the next run completes it (odd k) or, with a request that no
     longer validates, rolls it back exactly (even k). The bystander guest and its disk, and the
     member that existed before, are never lost."""
-    bystander = fleet + "-bystander"
+    bystander = "bystander-" + fleet       # not a name fleet_domains() counts
     disk = os.path.join(POOL_DIR, "bystander-%s.img" % fleet)
     base_args = fleet_args(fleet, 1)
     assert run_module("hpcvirt.regime.fleet", base_args)["changed"]
