@@ -61,6 +61,7 @@ class NodeState:
         self.root = root
         self.layout_file = layout_file
         self.timings = timings if timings is not None else Timings()
+        self.regime_record = None
         self._irqs = None
         self._hugepages = None
 
@@ -101,6 +102,7 @@ class NodeState:
                 regime = {"name": infer_regime(layout), "source": "inferred", "recorded_at": None}
             node = cls(topology, cgroups, record, layout, regime, conn=conn, root=root, layout_file=layout_file,
                        timings=timings)
+            node.regime_record = recorded if isinstance(recorded, dict) else None
             if conn is not None:
                 node.ncpus = conn.getCPUMap()[0]
                 if guests:
@@ -164,6 +166,28 @@ class NodeState:
         """The plain-data form node_info returns (without guests)."""
         return {"topology": self.topology.to_dict(), "cgroups": self.cgroups.to_dict(), "layout": self.layout,
                 "regime": self.regime}
+
+
+def node_report(node, lv, domains=None, include_cpus=True):
+    """What node_info returns: the hypervisor, topology, cgroups, layout, guests and regime."""
+    conn = node.conn
+    with node.timings.measure("hypervisor"):
+        hypervisor = {
+            "uri": conn.getURI(),
+            "hypervisor": conn.getType(),
+            "hypervisor_version": lv.version_string(conn.getVersion()),
+            "library_version": lv.version_string(conn.getLibVersion()),
+        }
+        hostname = conn.getHostname()
+    by_name = {guest["name"]: guest for guest in node.guests}
+    names = sorted(by_name) if domains is None else [n for n in domains if n in by_name]
+    topology = node.topology.to_dict()
+    if not include_cpus:
+        topology.pop("cpus")
+    return dict(hostname=hostname, libvirt=hypervisor, topology=topology, cgroup=node.cgroups.to_dict(),
+                layout=node.layout, domains=[by_name[n] for n in names],
+                missing_domains=[n for n in (domains or []) if n not in by_name], regime=node.regime,
+                timings=node.timings.to_dict())
 
 
 def read_node(module, libvirt=None, guests=True, require_cpuset=False, timings=None, root="/"):
