@@ -33,13 +33,8 @@ author:
   - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
-attributes:
-  check_mode:
-    support: full
-    description: Validates the whole request and returns the plan a real run would carry out.
-  diff_mode:
-    support: full
-    description: Shows, per member, what is created, redefined, started or removed.
+  - hpcvirt.regime.layout.file
+  - hpcvirt.regime.attributes
 options:
   name:
     description:
@@ -120,11 +115,6 @@ options:
       - Seconds to wait for another fleet run on the node to finish (fleet runs are serialised per node).
     type: int
     default: 300
-  layout_file:
-    description:
-      - The layout file M(hpcvirt.regime.partition) writes (housekeeping CPUs and shared pool),
-        read to place the members. Default C(/etc/hpcvirt/layout.json).
-    type: path
 notes:
   - "Memory admission counts only the members this run starts: each needs its memory plus 64 MiB for
     QEMU, against the node's C(MemAvailable) (hugepage-backed members: free hugepages of their size).
@@ -214,7 +204,7 @@ plan:
       C(complete_interrupted_run), C(rollback_interrupted_run), C(create_pool), C(create_overlays),
       C(redefine), C(define), C(start), C(remove), and the roll-back steps C(rollback_stop),
       C(rollback_undefine), C(rollback_restore), C(rollback_delete_overlays), C(rollback_remove_pool),
-      C(rollback_remove_directory); C(members) lists the batch's members; C(ms) is set when executed.
+      C(rollback_remove_directory); C(members) lists the batch's members.
   returned: always
   type: list
   elements: dict
@@ -267,7 +257,7 @@ def argument_spec():
         batch_size=dict(type="int", default=50),
         force=dict(type="bool", default=False),
         lock_timeout=dict(type="int", default=300),
-        layout_file=dict(type="path"),
+        layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
     )
     return spec
 

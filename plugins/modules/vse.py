@@ -30,13 +30,8 @@ author:
   - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
-attributes:
-  check_mode:
-    support: full
-    description: Computes the same plan and reports exactly what a real run would change.
-  diff_mode:
-    support: full
-    description: Shows only the owned fields that differ, per step of the plan.
+  - hpcvirt.regime.layout.file
+  - hpcvirt.regime.attributes
 options:
   name:
     description:
@@ -90,11 +85,6 @@ options:
       - Seconds to wait for a guest to shut down before it is powered off.
     type: int
     default: 60
-  layout_file:
-    description:
-      - The layout file M(hpcvirt.regime.partition) writes (housekeeping CPUs and shared pool),
-        read to place the guest. Default C(/etc/hpcvirt/layout.json).
-    type: path
 notes:
   - "VSE keys: C(name); C(domain_type) (C(kvm) default, C(qemu)); C(vcpus); C(memory) (MiB, at
     least 64); C(hugepages) (C(2M) or C(1G)); C(memory_locked); C(boot) (C(kernel), C(initrd),
@@ -205,7 +195,7 @@ plan:
   description:
     - The steps of the run (or, in check mode, of the run that would happen), in order; C(action) is
       one of C(create_directory), C(create_overlay), C(define), C(set_live), C(start), C(stop),
-      C(destroy), C(undefine), C(delete_overlay); C(ms) is set when executed.
+      C(destroy), C(undefine), C(delete_overlay).
   returned: always
   type: list
   elements: dict
@@ -240,7 +230,7 @@ def argument_spec():
         force=dict(type="bool", default=False),
         stop_mode=dict(type="str", default="shutdown", choices=["shutdown", "destroy"]),
         shutdown_timeout=dict(type="int", default=60),
-        layout_file=dict(type="path"),
+        layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
     )
     return spec
 
