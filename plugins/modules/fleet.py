@@ -269,7 +269,8 @@ def main(module):
     timings = Timings()
     node = read_node(module, guests=False, libvirt=lv.libvirt, timings=timings)
     with fleet.node_lock(node, params, module.check_mode):
-        node.read_guests(lv.libvirt)   # under the lock: no other change runs between reading and acting
+        with timings.measure("read"):   # under the lock: no other change runs between reading and acting
+            node.read_guests(lv.libvirt)
         run = fleet.plan_fleet(node, params, lv.libvirt, timings)
         fleet.apply(run, module.check_mode, timings)
     module.exit_json(changed=run.plan.changed, plan=run.plan.to_list(),
