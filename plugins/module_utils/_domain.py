@@ -23,6 +23,7 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import (
     ROOT,
     metadata_from_domain_xml,
 )
+from ansible_collections.hpcvirt.regime.plugins.module_utils._state import to_int as _int
 
 try:
     from lxml import etree
@@ -158,13 +159,6 @@ def _kib(element):
 
 def _cpus(text):
     return format_cpulist(parse_cpulist(text)) if text else None
-
-
-def _int(text):
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return None
 
 
 def owned_view(xml_text):

@@ -4,57 +4,58 @@
 """Fleets: many guests of one VSE, created all together or not at all.
 
 A fleet is a name and a list of member names (a pattern such as ``job42-[001:200]``, or a count).
-Every member is an ordinary VSE guest (``_vse.resolve`` and ``_domain.build_domain_xml`` build it,
-``_storage`` makes its overlay) whose metadata also carries ``<hpcvirt:fleet name=.../>``, which is
-how a later run finds the fleet's members.
+Every member is an ordinary VSE guest (``_vse.place`` and ``_vse.resolve`` decide it, with THE
+placement policy; ``_domain.build_domain_xml`` builds it, ``_storage`` makes its overlay) whose
+metadata also carries ``<hpcvirt:fleet name=.../>``, which is how a later run finds the members.
 
-A run is transactional:
+A run is transactional, and its plan is what it executes:
 
-1. **validate** everything before touching anything: names free, addresses free, master images
-   present, room for the overlays in each pool directory, memory for the members to start;
-2. write a **journal** (``/var/lib/hpcvirt/journal/fleet-<name>.json``) listing everything the run
-   is about to create, then create overlays and define domains in batches, updating the journal
-   after each batch, then start members with a bounded number of concurrent starts;
-3. on any failure **roll back** exactly what the journal lists (domains this run defined or
-   redefined, members it started, overlays and pools it created), nothing else. Validation
-   guaranteed that none of those existed before, so deleting them never touches older state.
+1. **validate** everything against the node (``_node.NodeState``) before touching anything:
+   names free, addresses free, master images present, room for the overlays in each pool
+   directory, memory for the members to start;
+2. **plan** typed steps in batches (``create_pool``, ``create_overlays``, ``redefine``,
+   ``define``, ``start``, ``remove``), carried out by ``_plan.execute`` with a journal
+   (``/var/lib/hpcvirt/journal/fleet-<name>.json``, ``_journal.Journal``) that lists, before the
+   first step, everything the run may create (pools, directories, overlays, domains, the
+   definitions it replaces, the members it starts) and counts the steps done;
+3. on a failure, **roll back** exactly what the journal lists, as a plan of its own
+   (``stop``/``undefine``/``restore``/``delete_overlays``/``remove_pool``/``remove_directory``)
+   built from what exists. Validation guaranteed that none of those existed before the run, so
+   undoing them never touches older state.
 
 A run that is killed leaves its journal. The next run of the same fleet either completes it (the
-request still validates: what the journal lists is adopted as the fleet's own) or rolls it back.
-Fleet runs on a node are serialised by a lock on the journal directory.
+request still validates: what the journal lists is adopted as the fleet's own, and stays listed,
+so a failure now rolls it back too) or rolls it back. Changes on a node are serialised by
+``_journal.NodeLock``. Check mode reads only: no lock, no journal, no directory.
 """
 
 from __future__ import annotations
 
 import copy
-import errno
-import fcntl
 import itertools
 import os
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _plan
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _storage as storage
 from ansible_collections.hpcvirt.regime.plugins.module_utils._address import AddressError, range_addresses
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import parse_cpulist
 from ansible_collections.hpcvirt.regime.plugins.module_utils._domain import build_domain_xml, compare, owned_view
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import detect_layout
-from ansible_collections.hpcvirt.regime.plugins.module_utils._state import (
-    JOURNAL_DIR,
-    LAYOUT_FILE,
-    read_json,
-    remove_state,
-    state_path,
-    write_json_atomic,
-)
-from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_topology
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
+from ansible_collections.hpcvirt.regime.plugins.module_utils._journal import Journal, NodeLock
+from ansible_collections.hpcvirt.regime.plugins.module_utils._node import domain_state
+from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import view_of
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Context, Plan, StepFailed
 from ansible_collections.hpcvirt.regime.plugins.module_utils._vse import (
     VseError,
     check_domain_name,
     check_layer_keys,
+    layer_names,
     merge_dicts,
+    merge_layers,
+    place,
     resolve,
+    undefine_flags,
     validate,
 )
 
@@ -64,14 +65,16 @@ MAX_MEMBERS = 5000
 OVERLAY_BYTES = 256 * 1024
 # Memory a started member costs beyond its own RAM (QEMU itself, its page tables, TCG buffers).
 QEMU_OVERHEAD_MIB = 64
-UNDEFINE_FLAGS_NAMES = ("VIR_DOMAIN_UNDEFINE_MANAGED_SAVE", "VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA",
-                        "VIR_DOMAIN_UNDEFINE_NVRAM")
+MAX_BATCH = 1000
+OVERLAY_KEYS = ("path", "dev", "master", "pool", "pool_dir", "size", "member", "replace")
+MAX_CONCURRENCY = 64
+MAX_LOCK_TIMEOUT = 86400
 
 _RANGE = re.compile(r"\[([^\[\]]*)\]")
 FLEET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class FleetError(ValueError):
+class FleetError(HpcvirtError, ValueError):
     """A request that cannot be carried out; the message names the field or the member and why."""
 
 
@@ -220,70 +223,16 @@ def member_specs(fleet, base, names, hostnames=None, ranges=None, overrides=None
 
 
 # --------------------------------------------------------------------------------------------
-# What the node holds (one pass over libvirt's domains)
+# What the node holds (the NodeState's guests)
 
 
-def fleet_of(view):
-    return ((view.get("metadata") or {}).get("fleet") or {}).get("name")
+def fleet_of(guest):
+    """The fleet a guest (``_node.read_guest``) belongs to, from its hpcvirt metadata, or None."""
+    return ((guest.get("hpcvirt") or {}).get("fleet") or {}).get("name")
 
 
-def read_guests(conn, libvirt):
-    """Every domain of the node once: {name: {"dom", "view" (persistent), "active", "live" (or None)}}."""
-    guests = {}
-    for dom in conn.listAllDomains(0):
-        try:
-            view = owned_view(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-            active = bool(dom.isActive())
-            live = owned_view(dom.XMLDesc(0)) if active else None
-        except libvirt.libvirtError:
-            continue   # a guest that went away (migrated, undefined) while we listed
-        guests[dom.name()] = {"dom": dom, "view": view, "active": active, "live": live}
-    return guests
-
-
-def holdings(guest):
-    """(CPUs pinned 1:1, addresses) a guest holds, from its persistent and live definitions."""
-    cpus, ips = set(), set()
-    for view in (guest["view"], guest["live"]):
-        if view is None:
-            continue
-        for pinned in view["cputune"]["vcpupin"].values():
-            pinned = parse_cpulist(pinned)
-            if len(pinned) == 1:
-                cpus |= pinned
-        ips |= set((view["metadata"].get("addresses") or {}).values())
-    return cpus, ips
-
-
-def read_layout(root="/"):
-    """Partitions, online CPUs, housekeeping and pool, as ``_vse.resolve`` wants them (CgroupError, ValueError)."""
-    topology = read_topology(root)
-    cgroups = detect_layout(root)
-    layout_file = read_json(root, LAYOUT_FILE) or {}
-    return {
-        "partitions": {name: {"cpus": cg.cpus, "mems": cg.mems} for name, cg in cgroups.partitions().items()},
-        "online": topology.online,
-        "housekeeping": parse_cpulist(layout_file.get("housekeeping", "")) & topology.online or None,
-        "pool": parse_cpulist(layout_file.get("pool", "")) & topology.online or None,
-    }
-
-
-def free_memory_mib(root="/"):
-    """MemAvailable of the node in MiB (what the kernel can give without swapping)."""
-    with open(os.path.join(root, "proc/meminfo")) as handle:
-        for line in handle:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) // 1024
-    return 0
-
-
-def free_hugepages(size_kib, root="/"):
-    path = os.path.join(root, "sys/kernel/mm/hugepages/hugepages-%dkB/free_hugepages" % size_kib)
-    try:
-        with open(path) as handle:
-            return int(handle.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
+def fleet_index(guest):
+    return int(((guest.get("hpcvirt") or {}).get("fleet") or {}).get("index") or 0)
 
 
 def free_space(directory):
@@ -294,11 +243,11 @@ def free_space(directory):
     return stat.f_bavail * stat.f_frsize, (stat.f_favail if stat.f_files else None)
 
 
-def check_memory(to_start, root="/"):
+def check_memory(to_start, topology):
     """Memory admission for the members about to start; FleetError naming the shortfall."""
     plain = [m for m in to_start if not m["resolved"].get("hugepages_kib")]
     need = sum(m["resolved"]["memory_kib"] // 1024 + QEMU_OVERHEAD_MIB for m in plain)
-    have = free_memory_mib(root)
+    have = topology.mem_available_kb // 1024
     if need > have:
         raise FleetError("start: starting %d members needs %d MiB (%d MiB each with QEMU's overhead), the node has "
                          "%d MiB available: short by %d MiB; start fewer members or free memory"
@@ -309,7 +258,8 @@ def check_memory(to_start, root="/"):
         if size:
             by_size[size] = by_size.get(size, 0) + member["resolved"]["memory_kib"] // size
     for size, pages in sorted(by_size.items()):
-        free = free_hugepages(size, root)
+        pool = topology.hugepages.get(size)
+        free = pool.free if pool is not None else 0
         if pages > free:
             raise FleetError("start: the members to start need %d hugepages of %d KiB, %d are free: short by %d"
                              % (pages, size, free, pages - free))
@@ -334,138 +284,52 @@ def check_space(overlays):
 
 
 # --------------------------------------------------------------------------------------------
-# Journal and lock
-
-
-def journal_relpath(fleet):
-    return os.path.join(JOURNAL_DIR, "fleet-%s.json" % fleet)
-
-
-class NodeLock:
-    """Serialises fleet runs on a node: an flock on the journal directory (released if killed)."""
-
-    def __init__(self, root="/", timeout=300):
-        self.path = state_path(root, JOURNAL_DIR)
-        self.timeout = timeout
-        self.fd = None
-
-    def __enter__(self):
-        os.makedirs(self.path, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDONLY)
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
-                    os.close(self.fd)
-                    raise FleetError("another fleet run holds %s for more than %d s" % (self.path, self.timeout))
-                time.sleep(0.2)
-
-    def __exit__(self, *exc):
-        fcntl.flock(self.fd, fcntl.LOCK_UN)
-        os.close(self.fd)
-
-
-LISTS = ("pools", "directories", "overlays", "domains", "started_members")
-
-
-class Journal:
-    """What a run is creating, on disk before anything is created and after every batch."""
-
-    def __init__(self, fleet, root="/"):
-        self.fleet = fleet
-        self.root = root
-        self.relpath = journal_relpath(fleet)
-        self.path = state_path(root, self.relpath)
-        self.data = {"fleet": fleet, "pid": os.getpid(), "started": time.time(), "phase": "planned",
-                     "pools": [], "directories": [], "overlays": [], "domains": [], "redefined": {}, "started_members": [],
-                     "progress": {}}
-
-    @classmethod
-    def load(cls, fleet, root="/"):
-        """The journal an earlier (killed) run left, or None."""
-        data = read_json(root, journal_relpath(fleet))
-        if data is None:
-            return None
-        journal = cls(fleet, root)
-        journal.data.update(data)
-        return journal
-
-    def inherit(self, older):
-        """Take over what a killed run created, so a failure now rolls that back as well."""
-        for key in LISTS:
-            self.data[key] = sorted(set(self.data[key]) | set(older.data.get(key) or []))
-        redefined = dict(older.data.get("redefined") or {})
-        redefined.update({k: v for k, v in self.data["redefined"].items() if k not in redefined})
-        self.data["redefined"] = redefined
-
-    def record(self, **changes):
-        for key, value in changes.items():
-            if key in LISTS:
-                self.data[key] = sorted(set(self.data[key]) | set(value))
-            elif key == "redefined":
-                for name, xml in value.items():
-                    self.data["redefined"].setdefault(name, xml)
-            else:
-                self.data[key] = value
-        self.save()
-
-    def save(self):
-        write_json_atomic(self.root, self.relpath, self.data, mode=0o600)
-
-    def remove(self):
-        remove_state(self.root, self.relpath)
-
-
-# --------------------------------------------------------------------------------------------
 # Building the members and the plan
 
 
-def resolve_members(fleet, names, specs, layer_list, guests, layout):
+def resolve_members(fleet, names, specs, layer_list, node, libvirt):
     """Resolve every member against the node; FleetError naming the member when the node cannot take it.
 
-    ``guests``: read_guests(). ``layout``: partitions/online/housekeeping/pool as _vse.resolve wants.
-    Each member's pins and addresses are added to what is taken before the next one is resolved.
+    ``node``: the ``_node.NodeState`` (with guests). Each member is placed by THE placement policy
+    in member order, so the CPUs one takes are not given to the next; addresses other guests hold
+    are never given out.
     """
-    taken_cpus, taken_ips, holder = set(), set(), {}
-    for name, guest in guests.items():
-        if name in names and fleet_of(guest["view"]) == fleet:
+    wanted = set(names)
+    taken_ips, holder = set(), {}
+    for guest in node.guests:
+        if guest["name"] in wanted and fleet_of(guest) == fleet:
             continue   # a member keeps what it holds (resolve gets its current view)
-        cpus, ips = holdings(guest)
-        taken_cpus |= cpus
-        taken_ips |= ips
-        for ip in ips:
-            holder[ip] = name
+        for ip in ((guest.get("hpcvirt") or {}).get("addresses") or {}).values():
+            taken_ips.add(ip)
+            holder[ip] = guest["name"]
+    view = view_of(node)
     members = []
     for index, (name, spec) in enumerate(zip(names, specs)):
-        guest = guests.get(name)
-        if guest is not None and fleet_of(guest["view"]) != fleet:
-            owner = fleet_of(guest["view"])
+        guest = node.guest(name)
+        if guest is not None and fleet_of(guest) != fleet:
+            owner = fleet_of(guest)
             raise FleetError("member %s: a domain of that name already exists and %s; choose other names"
                              % (name, "belongs to fleet '%s'" % owner if owner else "is not a member of fleet '%s'" % fleet))
         for network, address in _explicit_addresses(spec).items():
             if address in taken_ips:
                 raise FleetError("member %s: address %s (network %s) is held by guest '%s'"
                                  % (name, address, network, holder.get(address, "?")))
-        node = dict(layout, taken_cpus=frozenset(taken_cpus), taken_ips=frozenset(taken_ips))
-        current = guest["view"] if guest is not None else None
+        dom = node.domains.get(name) if guest is not None else None
+        current = owned_view(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)) if dom is not None else None
         try:
-            resolved = resolve(name, spec, node, layer_list, current)
+            resolved = resolve(name, spec, place(view, name, spec, guest, current), layer_list, current,
+                               frozenset(taken_ips))
         except VseError as exc:
             raise FleetError("member %s: %s" % (name, exc))
         resolved["metadata"]["fleet"] = {"name": fleet, "index": str(index + 1)}
-        if guest is not None:
-            resolved["uuid"] = guest["dom"].UUIDString()
-        for cpus in resolved["cputune"].get("vcpupin", {}).values():
-            taken_cpus |= parse_cpulist(cpus)
+        if dom is not None:
+            resolved["uuid"] = dom.UUIDString()
         for address in resolved["addresses"].values():
             taken_ips.add(address)
             holder[address] = name
         xml = build_domain_xml(resolved)
         members.append({"index": index + 1, "name": name, "spec": spec, "resolved": resolved, "xml": xml,
-                        "view": owned_view(xml), "guest": guest})
+                        "view": owned_view(xml), "guest": guest, "current": current, "dom": dom})
     return members
 
 
@@ -521,40 +385,25 @@ def summary(member):
 def classify(members):
     """Per member: ``create`` (new), ``update`` (persistent definition differs) or ``keep``."""
     for member in members:
-        guest = member["guest"]
-        if guest is None:
+        if member["current"] is None:
             member["action"] = "create"
             member["changes"] = []
         else:
-            member["changes"] = compare(member["view"], guest["view"])
+            member["changes"] = compare(member["view"], member["current"])
             member["action"] = "update" if member["changes"] else "keep"
     return members
 
 
-def removals(fleet, names, guests, force):
-    """Members of the fleet that are not wanted any more (highest first), FleetError for running ones without force."""
+def removals(fleet, names, node, force):
+    """Members of the fleet not wanted any more (highest first); FleetError for running ones without force."""
     wanted = set(names)
-    gone = [name for name, guest in guests.items() if fleet_of(guest["view"]) == fleet and name not in wanted]
-    gone.sort(key=lambda name: (-int((guests[name]["view"]["metadata"].get("fleet") or {}).get("index") or 0), name))
-    running = [name for name in gone if guests[name]["active"]]
+    gone = [guest for guest in node.guests if fleet_of(guest) == fleet and guest["name"] not in wanted]
+    gone.sort(key=lambda guest: (-fleet_index(guest), guest["name"]))
+    running = sorted(guest["name"] for guest in gone if guest["active"])
     if running and not force:
         raise FleetError("force: members %s are running and would be removed; set force=true to destroy them"
-                         % ", ".join(sorted(running)))
+                         % ", ".join(running))
     return gone
-
-
-# --------------------------------------------------------------------------------------------
-# Applying, in batches, and rolling back
-
-
-class MemberFailure(Exception):
-    """A step failed for one member: ``member``, ``action``, ``cause``."""
-
-    def __init__(self, member, action, cause):
-        Exception.__init__(self, "member %s (%s): %s" % (member, action, cause))
-        self.member = member
-        self.action = action
-        self.cause = cause
 
 
 def batches(items, size):
@@ -563,141 +412,479 @@ def batches(items, size):
         yield items[start:start + size]
 
 
-def ensure_pools(conn, overlays, journal, error_text):
-    """One pool per overlay directory, ensured (and refreshed) once; created ones go in the journal."""
-    pools = {}
-    for disk in overlays:
-        if disk["pool_dir"] in pools:
-            continue
-        if storage.find_pool(conn, disk["pool_dir"], disk.get("pool")) is None:
-            journal.record(pools=[disk["pool_dir"]],
-                           directories=[] if os.path.isdir(disk["pool_dir"]) else [disk["pool_dir"]])
+def span(names):
+    """A batch's target: ``a`` or ``a .. z``."""
+    return names[0] if len(names) == 1 else "%s .. %s" % (names[0], names[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# The actions a fleet plan is made of (each step is one batch)
+
+
+class MemberFailure(HpcvirtError):
+    """A step failed for one member: ``member``, ``action``, ``cause``."""
+
+    def __init__(self, member, action, cause):
+        HpcvirtError.__init__(self, "member %s (%s): %s" % (member, action, cause), member=member, action=action)
+        self.member = member
+        self.action = action
+        self.cause = cause
+
+
+def _error_text(exc):
+    return _plan.error_message(exc)
+
+
+def _progress(ctx, key, count):
+    journal = ctx.get("journal")
+    if journal is not None and journal.data is not None:
+        progress = journal.data.setdefault("progress", {})
+        progress[key] = progress.get(key, 0) + count
+
+
+def _lookup(ctx, name):
+    try:
+        return ctx.conn.lookupByName(name)
+    except ctx.libvirt.libvirtError:
+        return None
+
+
+def _pool(ctx, disk):
+    """The pool of an overlay's directory, ensured (active, refreshed) once per run."""
+    pools = ctx.pools
+    if disk["pool_dir"] not in pools:
+        pools[disk["pool_dir"]] = storage.ensure_pool(ctx.conn, disk["pool_dir"], disk.get("pool"))[0]
+    return pools[disk["pool_dir"]]
+
+
+def _run_adopt(ctx, step):
+    # The journal begun for this run already lists what the interrupted run created (so a failure
+    # now rolls that back too); record which run it took over.
+    if ctx.get("journal") is not None:
+        ctx.journal.update(adopted=step.detail["started_at"])
+
+
+def _run_create_pool(ctx, step):
+    try:
+        pool, _created = storage.ensure_pool(ctx.conn, step.target, step.detail.get("pool"))
+    except Exception as exc:  # libvirtError, OSError
+        raise MemberFailure(step.detail["member"], "create pool %s" % step.target, _error_text(exc))
+    ctx.pools[step.target] = pool
+
+
+def _run_create_overlays(ctx, step):
+    created = []
+    for disk in step.detail["overlays"]:
         try:
-            pools[disk["pool_dir"]] = storage.ensure_pool(conn, disk["pool_dir"], disk.get("pool"))[0]
+            if disk.get("replace"):
+                storage.delete_volumes(ctx.conn, [disk["path"]])
+            size = disk["size"] * 1024 * 1024 if disk.get("size") else None
+            created.append(storage.create_overlay_in_pool(_pool(ctx, disk), disk["member"], disk["dev"],
+                                                          disk["master"], size))
         except Exception as exc:  # libvirtError, OSError
-            raise MemberFailure(disk["member"], "create pool %s" % disk["pool_dir"], error_text(exc))
-    return pools
+            raise MemberFailure(disk["member"], "create overlay %s" % disk["path"], _error_text(exc))
+    _progress(ctx, "overlays", len(created))
+    return created
 
 
-def create_overlays(conn, overlays, pools, batch_size, journal, error_text):
-    done = 0
-    for batch in batches(overlays, batch_size):
-        journal.record(phase="overlays", overlays=[disk["path"] for disk in batch])
-        for disk in batch:
-            try:
-                if disk.get("replace"):
-                    storage.delete_volumes(conn, [disk["path"]])
-                size = disk["size"] * 1024 * 1024 if disk.get("size") else None
-                storage.create_overlay_in_pool(pools[disk["pool_dir"]], disk["member"], disk["dev"], disk["master"], size)
-            except Exception as exc:  # libvirtError, OSError
-                raise MemberFailure(disk["member"], "create overlay %s" % disk["path"], error_text(exc))
-        done += len(batch)
-        journal.record(progress=dict(journal.data["progress"], overlays=done))
+def _run_define(ctx, step):
+    for name in step.detail["members"]:
+        try:
+            ctx.doms[name] = ctx.conn.defineXML(ctx.xml[name])
+        except ctx.libvirt.libvirtError as exc:
+            raise MemberFailure(name, step.action.name, _error_text(exc))
+    _progress(ctx, "defined", len(step.detail["members"]))
 
 
-def define_members(conn, members, batch_size, journal, libvirt, error_text):
-    done = 0
-    for batch in batches(members, batch_size):
-        journal.record(phase="define",
-                       domains=[m["name"] for m in batch if m["guest"] is None],
-                       redefined={m["name"]: m["guest"]["dom"].XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-                                  for m in batch if m["guest"] is not None})
-        for member in batch:
-            try:
-                member["dom"] = conn.defineXML(member["xml"])
-            except libvirt.libvirtError as exc:
-                raise MemberFailure(member["name"], "define", error_text(exc))
-        done += len(batch)
-        journal.record(progress=dict(journal.data["progress"], defined=done))
-
-
-def start_members(conn, names, concurrency, journal, libvirt, error_text):
-    """Start the named members, ``concurrency`` at a time on the one connection; first failure raises."""
-    if not names:
-        return
-    journal.record(phase="start", started_members=names)
-
+def _run_start(ctx, step):
+    """Start the batch's members, ``concurrency`` at a time on the one connection; first failure raises."""
     def start_one(name):
         try:
-            conn.lookupByName(name).create()
+            dom = ctx.doms.get(name) or ctx.conn.lookupByName(name)
+            dom.create()
+            ctx.doms[name] = dom
             return name, None
-        except libvirt.libvirtError as exc:
-            return name, error_text(exc)
+        except ctx.libvirt.libvirtError as exc:
+            return name, _error_text(exc)
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        results = list(pool.map(start_one, names))
+    with ThreadPoolExecutor(max_workers=max(1, step.detail["concurrency"])) as pool:
+        results = list(pool.map(start_one, step.detail["members"]))
     for name, error in results:
         if error:
             raise MemberFailure(name, "start", error)
-    journal.record(progress=dict(journal.data["progress"], started=len(names)))
+    _progress(ctx, "started", len(results))
 
 
-def remove_members(conn, guests, names, libvirt):
+def _destroy_and_undefine(ctx, name):
+    """Power a member off if it runs and undefine it; False when it is not defined (any more)."""
+    dom = _lookup(ctx, name)
+    if dom is None:
+        return False
+    if dom.isActive():
+        dom.destroy()
+    dom.undefineFlags(undefine_flags(ctx.libvirt))
+    return True
+
+
+def _run_remove(ctx, step):
     """Destroy (if running), undefine and delete the overlays of members; returns the overlays deleted."""
-    flags = 0
-    for flag in UNDEFINE_FLAGS_NAMES:
-        flags |= getattr(libvirt, flag, 0)
     overlays = []
-    for name in names:
-        guest = guests[name]
-        dom = guest["dom"]
-        if dom.isActive():
-            dom.destroy()
-        dom.undefineFlags(flags)
-        overlays.extend(sorted((guest["view"]["metadata"].get("overlays") or {}).values()))
-    return storage.delete_volumes(conn, [path for path in overlays if os.path.exists(path)])
+    for name in step.detail["members"]:
+        _destroy_and_undefine(ctx, name)
+        ctx.removed.append(name)
+        overlays.extend(step.detail["overlays"].get(name) or [])
+    return storage.delete_volumes(ctx.conn, [path for path in overlays if os.path.exists(path)])
 
 
-def rollback(conn, journal, libvirt):
-    """Undo what the journal lists, newest first; returns what was undone. Errors are collected, not raised."""
-    data = journal.data
-    undone = {"stopped": [], "undefined": [], "restored": [], "overlays": [], "pools": [], "errors": []}
-
-    def attempt(what, func, *args):
-        try:
-            return func(*args)
-        except Exception as exc:  # keep rolling back the rest
-            undone["errors"].append("%s: %s" % (what, exc))
-            return None
-
-    def lookup(name):
-        try:
-            return conn.lookupByName(name)
-        except libvirt.libvirtError:
-            return None
-
-    for name in data.get("started_members") or []:
-        dom = lookup(name)
+def _run_rollback_stop(ctx, step):
+    for name in step.detail["members"]:
+        dom = _lookup(ctx, name)
         if dom is not None and dom.isActive():
-            attempt("destroy %s" % name, dom.destroy)
-            undone["stopped"].append(name)
-    for name in data.get("domains") or []:
-        dom = lookup(name)
-        if dom is not None:
-            if dom.isActive():
-                attempt("destroy %s" % name, dom.destroy)
-            attempt("undefine %s" % name, dom.undefine)
-            undone["undefined"].append(name)
-    for name, xml in sorted((data.get("redefined") or {}).items()):
-        if name in (data.get("domains") or []):
-            continue   # created by a killed run of this fleet: undefined above, nothing older to restore
-        if attempt("restore %s" % name, conn.defineXML, xml) is not None:
-            undone["restored"].append(name)
-    present = [path for path in data.get("overlays") or [] if os.path.exists(path)]
-    undone["overlays"] = attempt("delete overlays", storage.delete_volumes, conn, present) or []
-    for directory in data.get("pools") or []:
-        pool = storage.find_pool_by_path(conn, directory)
-        if pool is None:
-            continue
+            dom.destroy()
+
+
+def _run_rollback_undefine(ctx, step):
+    return [name for name in step.detail["members"] if _destroy_and_undefine(ctx, name)]
+
+
+def _run_rollback_restore(ctx, step):
+    for name in step.detail["members"]:
+        ctx.conn.defineXML(step.detail["xml"][name])
+
+
+def _run_rollback_delete_overlays(ctx, step):
+    present = [path for path in step.detail["paths"] if os.path.exists(path)]
+    return storage.delete_volumes(ctx.conn, present)
+
+
+def _run_rollback_remove_pool(ctx, step):
+    """Stop and undefine a pool this fleet created, unless something else has put volumes in it."""
+    pool = storage.find_pool_by_path(ctx.conn, step.target)
+    if pool is None:
+        return False
+    if pool.isActive():
         pool.refresh(0)
-        if not pool.listVolumes():
-            if pool.isActive():
-                attempt("stop pool %s" % directory, pool.destroy)
-            attempt("undefine pool %s" % directory, pool.undefine)
-            undone["pools"].append(directory)
+        if pool.listVolumes():
+            return False
+        pool.destroy()
+    pool.undefine()
+    return True
+
+
+def _run_rollback_remove_directory(_ctx, step):
+    if os.path.isdir(step.target) and not os.listdir(step.target):
+        os.rmdir(step.target)
+        return True
+    return False
+
+
+ADOPT = Action("complete_interrupted_run", _run_adopt, phase="validate", live=False)
+TAKE_OVER = Action("rollback_interrupted_run", _run_adopt, phase="rollback", live=False)
+CREATE_POOL = Action("create_pool", _run_create_pool, phase="pools")
+CREATE_OVERLAYS = Action("create_overlays", _run_create_overlays, phase="overlays")
+REDEFINE = Action("redefine", _run_define, phase="define")
+DEFINE = Action("define", _run_define, phase="define")
+START = Action("start", _run_start, phase="start")
+REMOVE = Action("remove", _run_remove, phase="remove")
+ROLLBACK_STOP = Action("rollback_stop", _run_rollback_stop, phase="rollback")
+ROLLBACK_UNDEFINE = Action("rollback_undefine", _run_rollback_undefine, phase="rollback")
+ROLLBACK_RESTORE = Action("rollback_restore", _run_rollback_restore, phase="rollback")
+ROLLBACK_DELETE_OVERLAYS = Action("rollback_delete_overlays", _run_rollback_delete_overlays, phase="rollback")
+ROLLBACK_REMOVE_POOL = Action("rollback_remove_pool", _run_rollback_remove_pool, phase="rollback")
+ROLLBACK_REMOVE_DIRECTORY = Action("rollback_remove_directory", _run_rollback_remove_directory, phase="rollback")
+CREATING = (CREATE_POOL, CREATE_OVERLAYS, REDEFINE, DEFINE, START)
+
+
+# --------------------------------------------------------------------------------------------
+# Journal data: what a run may create, listed before its first step
+
+LISTS = ("pools", "directories", "overlays", "domains", "started_members")
+
+
+def journal_name(fleet):
+    return "fleet-%s" % fleet
+
+
+def empty_lists():
+    data = {key: [] for key in LISTS}
+    data["redefined"] = {}
+    return data
+
+
+def merge_lists(older, newer):
+    """What both runs may have created; the older run's saved definitions win (they are the originals)."""
+    merged = {key: sorted(set(older.get(key) or []) | set(newer.get(key) or [])) for key in LISTS}
+    redefined = dict(newer.get("redefined") or {})
+    redefined.update(older.get("redefined") or {})
+    merged["redefined"] = redefined
+    return merged
+
+
+# --------------------------------------------------------------------------------------------
+# Planning
+
+
+def check_params(params):
+    """Bounded options (the field and why on a bad one)."""
+    if not FLEET_NAME.fullmatch(params["name"] or "") or len(params["name"]) > 100:
+        raise FleetError("name: '%s' is not a fleet name (at most 100 letters, digits, '.', '_', '-')" % params["name"])
+    for key, low, high in (("batch_size", 1, MAX_BATCH), ("start_concurrency", 1, MAX_CONCURRENCY),
+                           ("lock_timeout", 0, MAX_LOCK_TIMEOUT)):
+        if not low <= params[key] <= high:
+            raise FleetError("%s: %d is outside %d..%d" % (key, params[key], low, high))
+    if params.get("start") is not None and params["start"] < -1:
+        raise FleetError("start: %d is not a number of members (-1 means all)" % params["start"])
+    return params
+
+
+def fleet_layers(params):
+    layers = list(params["layers"] or [])
+    if params.get("vse") is not None:
+        layers.append({"name": "vse", "spec": params["vse"]})
+    return layers
+
+
+class Run:
+    """One fleet run: the plan, the context it executes with, the journal data and the report."""
+
+    def __init__(self, node, params, libvirt, older):
+        self.params = params
+        self.plan = Plan()
+        self.ctx = Context(conn=node.conn, libvirt=libvirt, pools={}, doms={}, xml={}, removed=[], journal=None)
+        self.node = node
+        self.older = older
+        self.lists = empty_lists()
+        self.members = []
+        self.gone = []
+        self.to_start = []
+        self.error = None
+        self.recovered = {}
+        self.undone = None
+
+
+def validate_request(run):
+    """Everything checked before anything is created; fills the run's members, overlays, starts, removals."""
+    params, node = run.params, run.node
+    names = member_names(params["name"], params["pattern"], params["count"])
+    layers = fleet_layers(params)
+    base, _provenance = merge_layers(layers)
+    specs = member_specs(params["name"], base, names, params["hostnames"], params["addresses"], params["overrides"])
+    run.members = classify(resolve_members(params["name"], names, specs, layer_names(layers), node, run.ctx.libvirt))
+    adoptable = set((run.older or {}).get("overlays") or [])
+    overlays = check_files(run.members, adoptable)
+    check_space([disk for disk in overlays if not disk.get("replace")])
+    running = wanted_running(run.members, params["start"])
+    run.to_start = [m for m in run.members if m["name"] in running and not (m["guest"] and m["guest"]["active"])]
+    check_memory(run.to_start, node.topology)
+    run.gone = removals(params["name"], names, node, params["force"])
+    return overlays
+
+
+def plan_present(run, overlays):
+    """The creation plan, in batches, and the journal lists of what it may create."""
+    plan, params, size = run.plan, run.params, run.params["batch_size"]
+    lists = run.lists
+    if run.older is not None:
+        plan.add(ADOPT, journal_path(run), before="journal", after=None, started_at=run.older.get("started_at"))
+    seen = set()
+    for disk in overlays:
+        if disk["pool_dir"] in seen:
+            continue
+        seen.add(disk["pool_dir"])
+        if storage.find_pool(run.ctx.conn, disk["pool_dir"], disk.get("pool")) is None:
+            plan.add(CREATE_POOL, disk["pool_dir"], before=None, after=disk.get("pool") or storage.pool_name_for(disk["pool_dir"]),
+                     pool=disk.get("pool"), member=disk["member"])
+            lists["pools"].append(disk["pool_dir"])
+            if not os.path.isdir(disk["pool_dir"]):
+                lists["directories"].append(disk["pool_dir"])
+    for batch in batches(overlays, size):
+        members = [disk["member"] for disk in batch]
+        plan.add(CREATE_OVERLAYS, span(members), before=None,
+                 after={disk["path"]: {"backing": disk["master"]} for disk in batch}, members=members,
+                 overlays=[{k: v for k, v in disk.items() if k in OVERLAY_KEYS} for disk in batch])
+        lists["overlays"].extend(disk["path"] for disk in batch)
+    updates = [m for m in run.members if m["action"] == "update"]
+    creates = [m for m in run.members if m["action"] == "create"]
+    for batch in batches(updates, size):
+        names = [m["name"] for m in batch]
+        plan.add(REDEFINE, span(names), before={m["name"]: {f: have for f, have, _unused in m["changes"]} for m in batch},
+                 after={m["name"]: {f: want for f, _unused, want in m["changes"]} for m in batch}, members=names)
+        lists["redefined"].update({m["name"]: m["dom"].XMLDesc(run.ctx.libvirt.VIR_DOMAIN_XML_INACTIVE) for m in batch})
+    for batch in batches(creates, size):
+        names = [m["name"] for m in batch]
+        plan.add(DEFINE, span(names), before=None, after={m["name"]: summary(m) for m in batch}, members=names)
+        lists["domains"].extend(names)
+    for member in updates + creates:
+        run.ctx.xml[member["name"]] = member["xml"]
+    for batch in batches(run.to_start, size):
+        names = [m["name"] for m in batch]
+        plan.add(START, span(names), before={n: "shutoff" for n in names}, after={n: "running" for n in names},
+                 members=names, concurrency=params["start_concurrency"])
+        lists["started_members"].extend(names)
+    plan_removals(run)
+
+
+def plan_removals(run):
+    for batch in batches(run.gone, run.params["batch_size"]):
+        names = [guest["name"] for guest in batch]
+        run.plan.add(REMOVE, span(names), before={g["name"]: "running" if g["active"] else "shutoff" for g in batch},
+                     after=None, members=names,
+                     overlays={g["name"]: sorted(((g.get("hpcvirt") or {}).get("overlays") or {}).values()) for g in batch})
+
+
+def plan_rollback(conn, libvirt, data, batch_size=MAX_BATCH):
+    """The plan that undoes what journal ``data`` lists and still exists, newest first."""
+    plan = Plan()
+
+    def existing(names):
+        found = []
+        for name in names:
+            try:
+                found.append((name, conn.lookupByName(name)))
+            except libvirt.libvirtError:
+                continue
+        return found
+
+    domains = set(data.get("domains") or [])
+    running = [name for name, dom in existing(data.get("started_members") or []) if name not in domains and dom.isActive()]
+    for batch in batches(running, batch_size):
+        plan.add(ROLLBACK_STOP, span(batch), before="running", after="shutoff", members=batch)
+    defined = [name for name, _dom in existing(sorted(domains))]
+    for batch in batches(defined, batch_size):
+        plan.add(ROLLBACK_UNDEFINE, span(batch), before="defined", after=None, members=batch)
+    restore = sorted(name for name in (data.get("redefined") or {}) if name not in domains)
+    for batch in batches(restore, batch_size):
+        plan.add(ROLLBACK_RESTORE, span(batch), before="redefined", after="restored", members=batch,
+                 xml={name: data["redefined"][name] for name in batch})
+    present = [path for path in data.get("overlays") or [] if os.path.exists(path)]
+    for batch in batches(present, batch_size):
+        plan.add(ROLLBACK_DELETE_OVERLAYS, span([os.path.basename(p) for p in batch]), before="present", after=None,
+                 paths=batch)
+    for directory in data.get("pools") or []:
+        if storage.find_pool_by_path(conn, directory) is not None:
+            plan.add(ROLLBACK_REMOVE_POOL, directory, before="defined", after=None)
     for directory in data.get("directories") or []:
-        if os.path.isdir(directory) and not os.listdir(directory):
-            attempt("remove directory %s" % directory, os.rmdir, directory)
+        if os.path.isdir(directory):
+            plan.add(ROLLBACK_REMOVE_DIRECTORY, directory, before="present", after=None)
+    return plan
+
+
+def journal_path(run):
+    return Journal(journal_name(run.params["name"]), run.node.root).path
+
+
+def plan_fleet(node, params, libvirt, timings):
+    """The run of the fleet module on ``node``: validate, then plan (a roll-back of an interrupted
+    run whose request no longer validates, removal for ``state=absent``, creation otherwise).
+
+    Reads only: nothing is written until ``apply``.
+    """
+    check_params(params)
+    older = Journal(journal_name(params["name"]), node.root).previous()
+    run = Run(node, params, libvirt, older)
+    with timings.measure("validate"):
+        if params["state"] == "absent":
+            run.gone = removals(params["name"], [], node, params["force"])
+        else:
+            try:
+                overlays = validate_request(run)
+            except HpcvirtError as exc:
+                if older is None:
+                    raise
+                run.error = str(exc)
+    if run.older is not None and (params["state"] == "absent" or run.error):
+        run.plan.add(TAKE_OVER, journal_path(run), before="journal", after=None, started_at=older.get("started_at"))
+        run.plan.extend(plan_rollback(node.conn, libvirt, older, params["batch_size"]))
+        run.lists = merge_lists(older, empty_lists())
+        run.recovered = {"action": "rollback", "journal": journal_path(run)}
+        if params["state"] == "absent":
+            plan_removals(run)
+        return run
+    if params["state"] == "present":
+        plan_present(run, overlays)
+    else:
+        plan_removals(run)
+    if older is not None:
+        run.lists = merge_lists(older, run.lists)
+        run.recovered = {"action": "completed", "journal": journal_path(run)}
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Executing
+
+
+def node_lock(node, params, check_mode):
+    """The node lock for a real run; nothing (no directory, no file) in check mode."""
+    if check_mode:
+        from contextlib import nullcontext
+        return nullcontext()
+    return NodeLock(node.root, params["lock_timeout"], what="another hpcvirt change (a fleet, a regime change)")
+
+
+def apply(run, check_mode, timings):
+    """Execute the run's plan with its journal; on a failure part-way, execute the exact roll-back.
+
+    Raises FleetError naming the member and the cause (and what was rolled back).
+    """
+    if check_mode:
+        if run.error:
+            raise FleetError("%s; the interrupted run's journal %s was left for a real run"
+                             % (run.error, run.recovered["journal"]))
+        return
+    journal = Journal(journal_name(run.params["name"]), run.node.root, fleet=run.params["name"], progress={},
+                      **run.lists)
+    run.ctx.journal = journal
+    try:
+        _plan.execute(run.plan, run.ctx, False, timings, journal=journal)
+    except StepFailed as failed:
+        if failed.step.action in CREATING:
+            run.undone = rollback(run, journal, timings)
+            cause = failed.error if isinstance(failed.error, MemberFailure) else None
+            raise FleetError("%s; %s" % (cause or failed, describe_rollback(run.undone)),
+                             member=getattr(cause, "member", None), action=getattr(cause, "action", None),
+                             rollback=run.undone)
+        if failed.step.action is REMOVE:
+            journal.finish()   # what this run created stays; the removal is planned again next run
+        raise
+    if run.recovered.get("action") == "rollback":
+        run.undone = undone_by(run.plan)
+        run.recovered = dict(run.recovered, action="rolled_back", undone=run.undone)
+    if run.error:
+        raise FleetError("%s; the interrupted run's journal was rolled back (%s)"
+                         % (run.error, describe_rollback(run.undone)), recovered=run.recovered)
+
+
+def rollback(run, journal, timings):
+    """Undo what the journal lists (this run and an adopted interrupted one), as a plan of its own."""
+    plan = plan_rollback(run.ctx.conn, run.ctx.libvirt, journal.data or run.lists, run.params["batch_size"])
+    lists = {key: (journal.data or run.lists).get(key) for key in LISTS + ("redefined",)}
+    undo = Journal(journal.name, journal.root, fleet=run.params["name"], phase="rollback", **lists)
+    try:
+        _plan.execute(plan, run.ctx, False, timings, journal=undo)
+    except StepFailed as failed:
+        undone = undone_by(Plan(plan.steps[:failed.index]))
+        undone["errors"] = [str(failed)]
+        return undone
+    if not plan:
+        journal.finish()
+    return undone_by(plan)
+
+
+def undone_by(plan):
+    """What a roll-back plan undid, by kind."""
+    undone = {"stopped": [], "undefined": [], "restored": [], "overlays": [], "pools": [], "errors": []}
+    for step in plan:
+        if step.action is ROLLBACK_STOP:
+            undone["stopped"].extend(step.detail["members"])
+        elif step.action is ROLLBACK_UNDEFINE:
+            undone["undefined"].extend(step.result or [])
+        elif step.action is ROLLBACK_RESTORE:
+            undone["restored"].extend(step.detail["members"])
+        elif step.action is ROLLBACK_DELETE_OVERLAYS:
+            undone["overlays"].extend(step.result or [])
+        elif step.action is ROLLBACK_REMOVE_POOL and step.result:
+            undone["pools"].append(step.target)
     return undone
 
 
@@ -707,5 +894,32 @@ def describe_rollback(undone):
               ("overlays", "overlays deleted"), ("pools", "pools removed")) if undone[key]]
     text = "rolled back: " + (", ".join(parts) if parts else "nothing had been created")
     if undone["errors"]:
-        text += "; rollback errors: " + "; ".join(undone["errors"])
+        text += "; rollback errors: " + "; ".join(undone["errors"]) + " (the journal stays for the next run)"
     return text
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+
+
+def report(run):
+    """The module's return values besides plan, diff and timings."""
+    started = set(m["name"] for m in run.to_start)
+    results = []
+    for member in run.members:
+        dom = run.ctx.doms.get(member["name"]) or member["dom"]
+        results.append(dict(name=member["name"], index=member["index"], action=member["action"],
+                            state=domain_state(dom) if dom is not None else "absent",
+                            started=member["name"] in started, **summary(member)))
+    removed = set(run.ctx.removed)
+    for guest in run.gone:
+        results.append({"name": guest["name"], "action": "remove",
+                        "state": "absent" if guest["name"] in removed else guest["state"]})
+    counts = {action: 0 for action in ("create", "update", "keep")}
+    for member in run.members:
+        counts[member["action"]] += 1
+    counts["remove"] = len(run.gone)
+    counts["start"] = len(run.to_start)
+    restart = [m["name"] for m in run.members if m["action"] == "update" and m["guest"]["active"]]
+    return {"members": results, "counts": counts, "restart_required": restart, "recovered": run.recovered,
+            "journal": journal_path(run)}

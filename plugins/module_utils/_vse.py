@@ -12,8 +12,12 @@ site, node group, user, instance). Each layer is ``{"name": ..., "spec": {...}}`
 * ``key-: [items]`` removes list elements (values, or identities / ``{dev: vdb}`` in keyed lists);
 * ``key-: null`` removes ``key`` itself.
 
-Everything here is pure (no libvirt, no files) so it runs on the controller (the ``vse_merge``
-filter) and on the node (the ``vse`` module) alike.
+The merge, validation and resolution are pure (no libvirt, no files), so they run on the
+controller (the ``vse_merge`` filter) and on the node alike. The last part is the composition the
+``vse`` module runs: ``plan_vse`` takes the node (``_node.NodeState``) and the module's options and
+returns the plan of typed actions (``create_directory``, ``create_overlay``, ``define``,
+``set_live``, ``start``, ``stop``, ``destroy``, ``undefine``, ``delete_overlay``) that
+``_plan.execute`` carries out. Placement is THE policy, ``_placement.desired_state``.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ import hashlib
 import json
 import os
 import re
+import time
+
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Context, Plan
 
 # Smallest guest memory accepted. A current x86_64 distribution kernel decompresses itself,
 # unpacks the initramfs and sets up its page tables and per-CPU areas in well under 64 MiB; below
@@ -39,7 +47,7 @@ _XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 _DOMAIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class VseError(ValueError):
+class VseError(HpcvirtError, ValueError):
     """A spec or layer that cannot be merged or validated; the message names key and layer."""
 
 
@@ -266,12 +274,16 @@ def _choice(spec, key, value, choices, provenance):
 
 def hugepage_size_kib(value):
     """``"2M"``/``"1G"``/``"2048"`` (KiB) -> KiB; VseError otherwise."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import parse_size_kb
+
     text = str(value).strip().upper().replace("IB", "").replace("B", "")
-    if text in HUGEPAGE_SIZES:
-        return HUGEPAGE_SIZES[text]
-    if text.isdigit() and int(text) in HUGEPAGE_SIZES.values():
-        return int(text)
-    raise VseError("hugepages: '%s' is not a hugepage size (2M or 1G)" % value)
+    try:
+        size = int(text) if text.isdigit() else parse_size_kb(text)
+    except ValueError:
+        size = None
+    if size not in HUGEPAGE_SIZES.values():
+        raise VseError("hugepages: '%s' is not a hugepage size (2M or 1G)" % value)
+    return size
 
 
 def validate(spec, provenance=None, domain_name=None):
@@ -410,34 +422,6 @@ def layer_names(layers):
 
 
 # --------------------------------------------------------------------------------------------
-# Placement helpers (pure; the placement planner of a later issue reuses them)
-
-
-def choose_dedicated_pins(vcpus, partition_cpus, taken, current=None):
-    """Host CPUs for vCPUs 0..vcpus-1 pinned 1:1 inside a partition.
-
-    ``taken``: CPUs other guests hold. ``current``: this guest's pins now (kept when still valid,
-    so a re-run never moves a guest). Returns a list, or None when the partition has too few free CPUs.
-    """
-    free = sorted(set(partition_cpus) - set(taken))
-    if current and len(current) >= vcpus:
-        keep = list(current[:vcpus])
-        if len(set(keep)) == vcpus and set(keep) <= set(free):
-            return keep
-    if len(free) < vcpus:
-        return None
-    return free[:vcpus]
-
-
-def emulator_cpus(partition_cpus, online, housekeeping=None):
-    """Where a dedicated guest's emulator threads go: housekeeping, else every CPU outside the partition."""
-    if housekeeping:
-        return frozenset(housekeeping)
-    outside = frozenset(online) - frozenset(partition_cpus)
-    return outside or frozenset(online)
-
-
-# --------------------------------------------------------------------------------------------
 # Resolution: every choice made, ready for _domain.build_domain_xml
 
 DEFAULT_CONSOLE_DIR = "/var/lib/hpcvirt/console"
@@ -451,14 +435,52 @@ def _fill(template, values):
     return out
 
 
-def resolve(name, spec, node, layers=(), current=None):
-    """The resolved VSE of domain ``name`` from a validated ``spec`` and what the node holds.
+def placement_request(name, spec):
+    """The VSE's placement as a request of THE placement policy (``_placement.desired_state``)."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import normalise_request
 
-    ``node``: ``partitions`` (name -> {"cpus": set, "mems": set}), ``online`` (set), ``housekeeping``
-    and ``pool`` (sets, or None without a layout file), ``taken_cpus`` (CPUs other guests are pinned
-    to 1:1), ``taken_ips`` (addresses other hpcvirt guests hold).
-    ``current``: this guest's owned view now (to keep its pins and addresses), or None.
-    Raises VseError for a placement or address the node cannot give.
+    placement = spec["placement"]
+    return normalise_request(0, {"name": name, "placement": placement["mode"], "partition": placement.get("partition"),
+                                 "cpu_shares": placement.get("cpu_shares"), "vcpu_quota": placement.get("vcpu_quota")})
+
+
+def place(view, name, spec, guest=None, current=None):
+    """Where the guest ``name`` goes: ``_placement.desired_state``, or None to keep its placement.
+
+    ``view``: ``_placement.view_of(node)``; ``guest``: the guest as ``_node.read_guest`` reports
+    it (None for a new one); ``current``: its owned view. An existing guest whose VSE placement
+    sections are unchanged since they were last applied keeps where it is (lift and drop may have
+    moved it). The CPUs a dedicated guest gets are taken in ``view`` for the guests planned after
+    it. Raises VseError naming the placement when the node cannot take the guest.
+    """
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import (
+        PlacementError, desired_state, new_guest,
+    )
+
+    recorded = (((current or {}).get("metadata") or {}).get("vse") or {}).get("placement_digest")
+    if current and recorded == placement_digest(spec):
+        return None
+    nodeset = (spec.get("numa") or {}).get("nodeset")
+    if guest is None:
+        planned = new_guest(name, spec["vcpus"], nodeset)
+    else:
+        planned = dict(guest, vcpus={"current": spec["vcpus"], "maximum": spec["vcpus"]})
+    try:
+        want = desired_state(view, planned, placement_request(name, spec))
+    except PlacementError as exc:
+        raise VseError("placement.%s: %s" % ("partition" if spec["placement"]["mode"] == "dedicated" else "mode", exc))
+    view.release(name)
+    if want["mode"] == "dedicated":
+        view.occupy(name, frozenset().union(*want["vcpu_pins"]))
+    return want
+
+
+def resolve(name, spec, want, layers=(), current=None, taken_ips=()):
+    """The resolved VSE of domain ``name`` from a validated ``spec``.
+
+    ``want``: where the guest goes (``place``), or None to keep the placement of ``current``
+    (this guest's owned view now, or None). ``taken_ips``: addresses other guests hold.
+    Raises VseError for an address the node cannot give.
     """
     from ansible_collections.hpcvirt.regime.plugins.module_utils._address import (
         AddressError, allocate_ip, range_prefix, stable_mac,
@@ -482,18 +504,16 @@ def resolve(name, spec, node, layers=(), current=None):
     placement = spec["placement"]
     meta_placement = {"mode": placement["mode"]}
     numa = spec.get("numa") or {}
-    if placement["mode"] == "dedicated":
-        part_name, pins = _dedicated(name, spec, node, current)
-        part = node["partitions"][part_name]
-        resolved["cputune"]["vcpupin"] = {str(i): str(cpu) for i, cpu in enumerate(pins)}
-        resolved["cputune"]["emulatorpin"] = format_cpulist(
-            emulator_cpus(part["cpus"], node["online"], node.get("housekeeping")))
+    if want is not None and want["mode"] == "dedicated":
+        resolved["cputune"]["vcpupin"] = {str(i): format_cpulist(cpus) for i, cpus in enumerate(want["vcpu_pins"])}
+        resolved["cputune"]["emulatorpin"] = format_cpulist(want["emulator"])
         resolved["numatune"] = {"mode": numa.get("mode") or "strict",
-                                "nodeset": numa.get("nodeset") or format_cpulist(part["mems"]) or None}
-        meta_placement["partition"] = part_name
+                                "nodeset": numa.get("nodeset") or format_cpulist(want["nodeset"] or ()) or None}
+        meta_placement["partition"] = want["partition"]
     else:
-        if node.get("pool"):
-            resolved["vcpu_cpuset"] = format_cpulist(node["pool"])
+        if want is not None:
+            resolved["vcpu_cpuset"] = format_cpulist(want["vcpu_pins"][0]) if want["vcpu_pins"] else None
+            resolved["cputune"]["emulatorpin"] = format_cpulist(want["emulator"])
         for key, xml_key in (("cpu_shares", "shares"), ("vcpu_quota", "quota"), ("vcpu_period", "period")):
             if placement.get(key) is not None:
                 resolved["cputune"][xml_key] = placement[key]
@@ -518,7 +538,7 @@ def resolve(name, spec, node, layers=(), current=None):
         ip = net.get("ip")
         if net.get("ip_range"):
             try:
-                ip = allocate_ip(name, net["ip_range"], node.get("taken_ips") or (), held.get(net["name"]))
+                ip = allocate_ip(name, net["ip_range"], taken_ips or (), held.get(net["name"]))
             except (AddressError, ValueError) as exc:
                 raise VseError("networks[%d].ip_range (%s): %s" % (index, net["name"], exc))
             prefix = net.get("prefix") or range_prefix(net["ip_range"])
@@ -573,8 +593,7 @@ def resolve(name, spec, node, layers=(), current=None):
     resolved["hostname"] = hostname
 
     metadata["vse"]["placement_digest"] = placement_digest(spec)
-    recorded = ((current.get("metadata") or {}).get("vse") or {}).get("placement_digest")
-    if recorded == metadata["vse"]["placement_digest"]:
+    if want is None:
         keep_current_placement(resolved, current)
     return resolved
 
@@ -609,32 +628,278 @@ def keep_current_placement(resolved, current):
         resolved["metadata"]["placement"] = dict(placement)
 
 
-def _dedicated(name, spec, node, current):
-    """(partition name, vCPU pins) for a dedicated guest, or VseError."""
-    wanted = spec["placement"]["partition"]
-    partitions = node.get("partitions") or {}
-    current_pins = None
-    pins_now = (current.get("cputune") or {}).get("vcpupin") or {}
-    if pins_now:
+# --------------------------------------------------------------------------------------------
+# The composition the vse module runs: plan a guest's change from the NodeState, and the typed
+# actions ``_plan.execute`` carries out.
+
+SCHED_KEYS = {"shares": "cpu_shares", "quota": "vcpu_quota", "period": "vcpu_period",
+              "global_quota": "global_quota", "global_period": "global_period"}
+SCHED_DEFAULTS = {"shares": 1024, "quota": -1, "global_quota": -1, "period": 100000, "global_period": 100000}
+UNDEFINE_FLAG_NAMES = ("VIR_DOMAIN_UNDEFINE_MANAGED_SAVE", "VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA",
+                       "VIR_DOMAIN_UNDEFINE_NVRAM")
+
+
+def _run_create_directory(_ctx, step):
+    os.makedirs(step.target, exist_ok=True)
+
+
+def _run_create_overlay(ctx, step):
+    from ansible_collections.hpcvirt.regime.plugins.module_utils import _storage as storage
+
+    disk = step.detail["disk"]
+    size = disk["size"] * 1024 * 1024 if disk.get("size") else None
+    return storage.create_overlay(ctx.conn, disk["pool_dir"], disk.get("pool"), ctx.resolved["name"], disk["dev"],
+                                  disk["master"], size)
+
+
+def _run_define(ctx, _step):
+    ctx.dom = ctx.conn.defineXML(ctx.xml)
+
+
+def _run_set_live(ctx, step):
+    apply_live(ctx.libvirt, ctx.dom, step.detail["field"], step.after, ctx.resolved, ctx.ncpus)
+
+
+def _run_start(ctx, _step):
+    ctx.dom.create()
+
+
+def _run_stop(ctx, step):
+    dom = ctx.dom
+    if step.detail["mode"] == "shutdown":
         try:
-            current_pins = [int(pins_now[str(i)]) for i in range(len(pins_now))]
-        except (KeyError, ValueError):
-            current_pins = None
-    taken = node.get("taken_cpus") or frozenset()
-    if wanted != "auto":
-        if wanted not in partitions:
-            raise VseError("placement.partition: partition '%s' does not exist on this node (partitions: %s); "
-                           "create it with hpcvirt.regime.partition first"
-                           % (wanted, ", ".join(sorted(partitions)) or "none"))
-        pins = choose_dedicated_pins(spec["vcpus"], partitions[wanted]["cpus"], taken, current_pins)
-        if pins is None:
-            free = sorted(set(partitions[wanted]["cpus"]) - set(taken))
-            raise VseError("placement.partition: partition '%s' has %d free CPUs, guest '%s' needs %d"
-                           % (wanted, len(free), name, spec["vcpus"]))
-        return wanted, pins
-    for part_name in sorted(partitions):
-        pins = choose_dedicated_pins(spec["vcpus"], partitions[part_name]["cpus"], taken, current_pins)
-        if pins is not None:
-            return part_name, pins
-    raise VseError("placement.partition: no partition on this node has %d free CPUs for guest '%s' "
-                   "(partitions: %s)" % (spec["vcpus"], name, ", ".join(sorted(partitions)) or "none"))
+            dom.shutdown()
+        except ctx.libvirt.libvirtError:
+            pass   # a guest without ACPI: powered off below
+        deadline = time.monotonic() + step.detail["timeout"]
+        while time.monotonic() < deadline:
+            if not dom.isActive():
+                return "shut down"
+            time.sleep(0.2)
+    if dom.isActive():
+        dom.destroy()
+    return "powered off"
+
+
+def _run_destroy(ctx, _step):
+    ctx.dom.destroy()
+
+
+def undefine_flags(libvirt):
+    """Undefine a guest with its managed save image, snapshot metadata and NVRAM (those libvirt has)."""
+    flags = 0
+    for name in UNDEFINE_FLAG_NAMES:
+        flags |= getattr(libvirt, name, 0)
+    return flags
+
+
+def _run_undefine(ctx, _step):
+    ctx.dom.undefineFlags(undefine_flags(ctx.libvirt))
+    ctx.dom = None
+
+
+def _run_delete_overlay(ctx, step):
+    from ansible_collections.hpcvirt.regime.plugins.module_utils import _storage as storage
+
+    return storage.delete_volume(ctx.conn, step.target)
+
+
+CREATE_DIRECTORY = Action("create_directory", _run_create_directory, live=False)
+CREATE_OVERLAY = Action("create_overlay", _run_create_overlay)
+DEFINE = Action("define", _run_define)
+SET_LIVE = Action("set_live", _run_set_live)
+START = Action("start", _run_start)
+STOP = Action("stop", _run_stop)
+DESTROY = Action("destroy", _run_destroy)
+UNDEFINE = Action("undefine", _run_undefine)
+DELETE_OVERLAY = Action("delete_overlay", _run_delete_overlay)
+
+
+def apply_live(libvirt, dom, field, value, resolved, ncpus):
+    """One owned field of a running guest, changed live (the persistent side is the ``define``)."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import parse_cpulist, set_to_cpumap
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import write_domain_metadata
+
+    live = libvirt.VIR_DOMAIN_AFFECT_LIVE
+    key = field.split(".", 1)[-1]
+    every_cpu = frozenset(range(ncpus))
+    if field == "metadata":
+        write_domain_metadata(dom, resolved["metadata"], live)
+    elif field == "cputune.vcpupin":
+        for vcpu, cpus in (value or {}).items():
+            dom.pinVcpuFlags(int(vcpu), set_to_cpumap(parse_cpulist(cpus), ncpus), live)
+    elif field == "vcpu_cpuset":
+        # the shared pool moved (the partition module changed the layout): follow it live
+        cpus = parse_cpulist(value) if value else every_cpu
+        pinned = set((resolved["cputune"].get("vcpupin") or {}).keys())
+        for vcpu in range(resolved["vcpus"]):
+            if str(vcpu) not in pinned:
+                dom.pinVcpuFlags(vcpu, set_to_cpumap(cpus, ncpus), live)
+    elif field == "cputune.emulatorpin":
+        dom.pinEmulator(set_to_cpumap(parse_cpulist(value) if value else every_cpu, ncpus), live)
+    elif field.startswith("cputune."):
+        dom.setSchedulerParametersFlags({SCHED_KEYS[key]: value if value is not None else SCHED_DEFAULTS[key]}, live)
+    elif field.startswith("memtune."):
+        dom.setMemoryParameters({key: value if value is not None else libvirt.VIR_DOMAIN_MEMORY_PARAM_UNLIMITED}, live)
+    else:
+        raise VseError("%s: not a field a running guest takes live" % field)
+
+
+def is_managed(view):
+    return "vse" in (view.get("metadata") or {})
+
+
+def merged_spec(params):
+    """(validated spec, provenance, layer names) of the module's ``layers`` and ``spec``."""
+    layers = list(params["layers"] or [])
+    if params.get("spec") is not None:
+        layers.append({"name": "spec", "spec": params["spec"]})
+    check_domain_name(params["name"])
+    spec, provenance = merge_layers(layers)
+    spec = validate(spec, provenance, domain_name=params["name"])
+    return spec, provenance, layer_names(layers)
+
+
+def check_files(resolved, volume_exists):
+    """Masters, kernels and plain volumes must exist; returns the overlays still to create."""
+    missing = []
+    for disk in resolved["disks"]:
+        if disk.get("master"):
+            if not os.path.isfile(disk["master"]):
+                raise VseError("disks (%s).master: master image %s does not exist" % (disk["dev"], disk["master"]))
+            if not volume_exists(disk["path"]):
+                missing.append(disk)
+        elif not os.path.exists(disk["path"]):
+            raise VseError("disks (%s).volume: %s does not exist" % (disk["dev"], disk["path"]))
+    for path, what in ((resolved["os"].get("kernel"), "boot.kernel"), (resolved["os"].get("initrd"), "boot.initrd")):
+        if path and not os.path.isfile(path):
+            raise VseError("%s: %s does not exist" % (what, path))
+    return missing
+
+
+def held_addresses(node, name):
+    """Addresses the node's other guests hold (their hpcvirt metadata)."""
+    taken = set()
+    for guest in node.guests:
+        if guest["name"] != name:
+            taken |= set(((guest.get("hpcvirt") or {}).get("addresses") or {}).values())
+    return frozenset(taken)
+
+
+def owned_views(dom, libvirt):
+    """(persistent, live or None) owned views of a domain."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._domain import owned_view
+
+    persistent = owned_view(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    return persistent, owned_view(dom.XMLDesc(0)) if dom.isActive() else None
+
+
+def plan_vse(node, params, libvirt, volume_exists=None):
+    """Plan and report of the vse module's run on ``node`` (a ``_node.NodeState`` with guests).
+
+    Returns ``(plan, ctx, report)``: ``ctx`` is the ``_plan.Context`` the plan executes with,
+    ``report`` the module's return values besides plan, diff and timings. Raises VseError (or
+    another ``HpcvirtError``) naming the field when the request cannot be carried out; nothing
+    is changed before that.
+    """
+    from ansible_collections.hpcvirt.regime.plugins.module_utils import _storage as storage
+
+    name = params["name"]
+    dom = node.domains.get(name)
+    ctx = Context(conn=node.conn, libvirt=libvirt, ncpus=node.ncpus, dom=dom, resolved=None, xml=None)
+    volume_exists = volume_exists or (lambda path: storage.volume_exists(node.conn, path))
+    persistent, live = owned_views(dom, libvirt) if dom is not None else (None, None)
+    if params["state"] == "absent":
+        return plan_absent(ctx, params, persistent, volume_exists)
+    spec, provenance, names = merged_spec(params)
+    if persistent is not None and not is_managed(persistent):
+        raise VseError("name: a domain called '%s' already exists and was not created by hpcvirt.regime.vse; "
+                       "choose another name" % name)
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._domain import build_domain_xml, owned_view
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import view_of
+
+    want = place(view_of(node), name, spec, node.guest(name), persistent)
+    resolved = resolve(name, spec, want, names, persistent, held_addresses(node, name))
+    if dom is not None:
+        resolved["uuid"] = dom.UUIDString()
+    ctx.resolved = resolved
+    ctx.xml = build_domain_xml(resolved)
+    plan, restart = plan_present(params, resolved, owned_view(ctx.xml), persistent, live,
+                                 check_files(resolved, volume_exists))
+    report = {"spec": spec, "provenance": provenance, "digest": digest(spec),
+              "resolved": {k: v for k, v in resolved.items() if k != "uuid"}, "xml": ctx.xml,
+              "addresses": resolved["addresses"], "restart_required": bool(restart), "restart_fields": restart}
+    return plan, ctx, report
+
+
+def plan_present(params, resolved, desired, persistent, live, overlays):
+    """The steps that bring the domain's definition (and live state) to ``resolved``."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._domain import compare, needs_restart
+
+    plan = Plan()
+    name, state = resolved["name"], params["state"]
+    console_dir = os.path.dirname(resolved["console_path"])
+    if not os.path.isdir(console_dir):
+        plan.add(CREATE_DIRECTORY, console_dir, before=None, after="present")
+    for disk in overlays:
+        plan.add(CREATE_OVERLAY, disk["path"], before=None, after={"backing": disk["master"]}, disk=disk)
+    restart = []
+    if persistent is None:
+        plan.add(DEFINE, name, before=None, after=desired)
+    else:
+        changes = compare(desired, persistent)
+        if changes:
+            plan.add(DEFINE, name, before={f: have for f, have, _unused in changes},
+                     after={f: want for f, _unused, want in changes})
+        if live is not None and state != "stopped":
+            changes = compare(desired, live)
+            restart = needs_restart(changes)
+            for field, have, want in changes:
+                if field not in restart:
+                    plan.add(SET_LIVE, "%s %s" % (name, field), before=have, after=want, field=field)
+    if state == "running" and live is None:
+        plan.add(START, name, before="shutoff", after="running")
+    elif state == "stopped" and live is not None:
+        plan.add(STOP, name, before="running", after="shutoff", mode=params["stop_mode"],
+                 timeout=params["shutdown_timeout"])
+    return plan, restart
+
+
+def plan_absent(ctx, params, persistent, volume_exists):
+    """Destroy (with force), undefine and delete the overlays of a guest the vse module made."""
+    plan = Plan()
+    report = {"restart_required": False, "restart_fields": []}
+    name = params["name"]
+    if persistent is None:
+        return plan, ctx, report
+    if not is_managed(persistent):
+        raise VseError("name: domain '%s' was not created by hpcvirt.regime.vse (no hpcvirt vse metadata); "
+                       "refusing to remove it" % name)
+    if ctx.dom.isActive():
+        if not params["force"]:
+            raise VseError("state: domain '%s' is running; set force=true to destroy and remove it" % name)
+        plan.add(DESTROY, name, before="running", after="shutoff")
+    plan.add(UNDEFINE, name, before="defined", after=None)
+    if not params["keep_disks"]:
+        for dev, path in sorted((persistent["metadata"].get("overlays") or {}).items()):
+            if volume_exists(path):
+                plan.add(DELETE_OVERLAY, path, before="present", after=None, dev=dev)
+    return plan, ctx, report
+
+
+def undo_new_overlays(ctx):
+    """After a failed run: overlays this run created for a guest that never got defined are deleted
+    (a defined guest keeps its disks). Returns the paths deleted."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils import _storage as storage
+
+    if ctx.get("dom") is not None:
+        return []
+    created = [step.target for step in ctx.done if step.action is CREATE_OVERLAY]
+    return storage.delete_volumes(ctx.conn, created) if created else []
+
+
+def domain_state(ctx):
+    """The guest's state after the run (``absent`` when it is not defined)."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._node import domain_state as state_of
+
+    return "absent" if ctx.get("dom") is None else state_of(ctx.dom)

@@ -33,13 +33,8 @@ author:
   - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
-attributes:
-  check_mode:
-    support: full
-    description: Validates the whole request and returns the plan a real run would carry out.
-  diff_mode:
-    support: full
-    description: Shows, per member, what is created, redefined, started or removed.
+  - hpcvirt.regime.layout.file
+  - hpcvirt.regime.attributes
 options:
   name:
     description:
@@ -203,7 +198,13 @@ counts:
   type: dict
   sample: {create: 200, update: 0, keep: 0, remove: 0, start: 4}
 plan:
-  description: The steps of the run (or, in check mode, of the run that would happen).
+  description:
+    - The steps of the run (or, in check mode, of the run that would happen), one per batch of
+      O(batch_size) members, in the order they are executed. C(action) is one of
+      C(complete_interrupted_run), C(rollback_interrupted_run), C(create_pool), C(create_overlays),
+      C(redefine), C(define), C(start), C(remove), and the roll-back steps C(rollback_stop),
+      C(rollback_undefine), C(rollback_restore), C(rollback_delete_overlays), C(rollback_remove_pool),
+      C(rollback_remove_directory); C(members) lists the batch's members.
   returned: always
   type: list
   elements: dict
@@ -218,184 +219,30 @@ recovered:
       or C(rolled_back), C(journal), and for a roll-back what was undone).
   returned: always
   type: dict
+journal:
+  description: Path of the fleet's journal (present only while a run is interrupted).
+  returned: always
+  type: str
+  sample: /var/lib/hpcvirt/journal/fleet-job42.json
 timings:
-  description: Milliseconds per phase (C(validate), C(pools), C(overlays), C(define), C(start), C(remove), C(rollback)).
+  description:
+    - Milliseconds per phase that ran (C(read), C(validate), C(pools), C(overlays), C(define), C(start),
+      C(remove), C(rollback)).
   returned: always
   type: dict
-  sample: {validate: 180.2, overlays: 3120.5, define: 640.1, start: 2100.7}
+  sample: {read: 95.3, validate: 180.2, overlays: 3120.5, define: 640.1, start: 2100.7}
 """
 
-import os
-
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _fleet as fleet
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import CgroupError
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan, Timings
-from ansible_collections.hpcvirt.regime.plugins.module_utils._vse import VseError, layer_names, merge_layers
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import module_main
+from ansible_collections.hpcvirt.regime.plugins.module_utils._node import read_node
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings
 
 
-def fleet_layers(params):
-    layers = list(params["layers"] or [])
-    if params["vse"] is not None:
-        layers.append({"name": "vse", "spec": params["vse"]})
-    return layers
-
-
-def validate_request(module, conn, older):
-    """Everything checked before anything is created; returns the run's members and what it does."""
-    params = module.params
-    try:
-        names = fleet.member_names(params["name"], params["pattern"], params["count"])
-        layers = fleet_layers(params)
-        base, _provenance = merge_layers(layers)
-        specs = fleet.member_specs(params["name"], base, names, params["hostnames"], params["addresses"],
-                                   params["overrides"])
-        guests = fleet.read_guests(conn, lv.libvirt)
-        layout = fleet.read_layout("/")
-        members = fleet.classify(fleet.resolve_members(params["name"], names, specs, layer_names(layers), guests, layout))
-        adoptable = set(older.data.get("overlays") or []) if older else set()
-        overlays = fleet.check_files(members, adoptable)
-        fleet.check_space([disk for disk in overlays if not disk.get("replace")])
-        running = fleet.wanted_running(members, params["start"])
-        to_start = [m for m in members if m["name"] in running and not (m["guest"] and m["guest"]["active"])]
-        fleet.check_memory(to_start)
-        gone = fleet.removals(params["name"], names, guests, params["force"])
-    except (fleet.FleetError, VseError, CgroupError, ValueError) as exc:
-        return None, str(exc)
-    return {"members": members, "guests": guests, "overlays": overlays, "to_start": to_start, "gone": gone}, None
-
-
-def build_plan(request, older):
-    plan = Plan()
-    if older is not None:
-        plan.add("complete_interrupted_run", older.path, before="journal", after=None)
-    for disk in request["overlays"]:
-        plan.add("create_overlay", disk["path"], before=None, after={"backing": disk["master"]}, member=disk["member"])
-    for member in request["members"]:
-        if member["action"] == "create":
-            plan.add("define", member["name"], before=None, after=fleet.summary(member))
-        elif member["action"] == "update":
-            plan.add("redefine", member["name"], before={f: have for f, have, _unused in member["changes"]},
-                     after={f: want for f, _unused, want in member["changes"]})
-    for member in request["to_start"]:
-        plan.add("start", member["name"], before="shutoff", after="running")
-    for name in request["gone"]:
-        guest = request["guests"][name]
-        plan.add("remove", name, before="running" if guest["active"] else "shutoff", after=None)
-    return plan
-
-
-def apply(module, conn, request, journal, timings):
-    params = module.params
-    members = request["members"]
-    try:
-        with timings.measure("pools"):
-            pools = fleet.ensure_pools(conn, request["overlays"], journal, lv.error_text)
-        with timings.measure("overlays"):
-            fleet.create_overlays(conn, request["overlays"], pools, params["batch_size"], journal, lv.error_text)
-        with timings.measure("define"):
-            fleet.define_members(conn, [m for m in members if m["action"] != "keep"], params["batch_size"],
-                                 journal, lv.libvirt, lv.error_text)
-        with timings.measure("start"):
-            fleet.start_members(conn, [m["name"] for m in request["to_start"]], params["start_concurrency"],
-                                journal, lv.libvirt, lv.error_text)
-    except fleet.MemberFailure as failure:
-        with timings.measure("rollback"):
-            undone = fleet.rollback(conn, journal, lv.libvirt)
-        if not undone["errors"]:
-            journal.remove()
-        module.fail_json(msg="%s; %s" % (failure, fleet.describe_rollback(undone)), member=failure.member,
-                         action=failure.action, rollback=undone, timings=timings.to_dict())
-    if request["gone"]:
-        journal.record(phase="remove")
-        with timings.measure("remove"), lv.libvirt_errors(module, "removing members of fleet '%s'" % params["name"]):
-            fleet.remove_members(conn, request["guests"], request["gone"], lv.libvirt)
-    journal.remove()
-
-
-def member_results(conn, request):
-    results = []
-    started = set(m["name"] for m in request["to_start"])
-    for member in request["members"]:
-        dom = lv.find_domain(conn, member["name"])
-        state = lv.DOMAIN_STATES.get(dom.state()[0], "unknown") if dom is not None else "absent"
-        results.append(dict(name=member["name"], index=member["index"], action=member["action"],
-                            state=state, started=member["name"] in started, **fleet.summary(member)))
-    for name in request["gone"]:
-        results.append({"name": name, "action": "remove",
-                        "state": "absent" if lv.find_domain(conn, name) is None else "present"})
-    return results
-
-
-def counts(request):
-    out = {action: 0 for action in ("create", "update", "keep")}
-    for member in request["members"]:
-        out[member["action"]] += 1
-    out["remove"] = len(request["gone"])
-    out["start"] = len(request["to_start"])
-    return out
-
-
-def recover_by_rollback(module, conn, older, timings):
-    """Roll back what the journal of a killed run lists; returns the ``recovered`` result."""
-    if older is None:
-        return {}
-    if module.check_mode:
-        return {"action": "rollback", "journal": older.path}
-    with timings.measure("rollback"):
-        undone = fleet.rollback(conn, older, lv.libvirt)
-    if undone["errors"]:
-        module.fail_json(msg="the interrupted run's journal %s could not be rolled back: %s"
-                             % (older.path, "; ".join(undone["errors"])), rollback=undone)
-    older.remove()
-    return {"action": "rolled_back", "journal": older.path, "undone": undone}
-
-
-def run_present(module, conn, older, timings):
-    with timings.measure("validate"):
-        request, error = validate_request(module, conn, older)
-    if error:
-        recovered = recover_by_rollback(module, conn, older, timings)
-        if recovered:
-            error += "; the interrupted run's journal was %s" % (
-                "rolled back (%s)" % fleet.describe_rollback(recovered["undone"]) if "undone" in recovered
-                else "left for a real run")
-        module.fail_json(msg=error, recovered=recovered, timings=timings.to_dict())
-    plan = build_plan(request, older)
-    restart = [m["name"] for m in request["members"] if m["action"] == "update" and m["guest"]["active"]]
-    recovered = {"action": "completed", "journal": older.path} if older is not None else {}
-    if not module.check_mode and plan:
-        journal = fleet.Journal(module.params["name"])
-        if older is not None:
-            journal.inherit(older)
-        journal.save()
-        apply(module, conn, request, journal, timings)
-    return plan, request, restart, recovered
-
-
-def run_absent(module, conn, older, timings):
-    recovered = recover_by_rollback(module, conn, older, timings)
-    plan = Plan()
-    if recovered:
-        plan.add("rollback_interrupted_run", older.path, before="journal", after=None)
-    try:
-        guests = fleet.read_guests(conn, lv.libvirt)
-        gone = fleet.removals(module.params["name"], [], guests, module.params["force"])
-    except fleet.FleetError as exc:
-        module.fail_json(msg=str(exc), recovered=recovered)
-    for name in gone:
-        plan.add("remove", name, before="running" if guests[name]["active"] else "shutoff", after=None)
-    if gone and not module.check_mode:
-        with timings.measure("remove"), lv.libvirt_errors(module, "removing fleet '%s'" % module.params["name"]):
-            fleet.remove_members(conn, guests, gone, lv.libvirt)
-    request = {"members": [], "gone": gone, "to_start": []}
-    return plan, request, [], recovered
-
-
-def main():
-    argument_spec = lv.libvirt_argument_spec()
-    argument_spec.update(
+def argument_spec():
+    spec = lv.libvirt_argument_spec()
+    spec.update(
         name=dict(type="str", required=True),
         state=dict(type="str", default="present", choices=["present", "absent"]),
         pattern=dict(type="str"),
@@ -410,40 +257,25 @@ def main():
         batch_size=dict(type="int", default=50),
         force=dict(type="bool", default=False),
         lock_timeout=dict(type="int", default=300),
+        layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    return spec
+
+
+@module_main(argument_spec, supports_check_mode=True)
+def main(module):
     lv.require_libraries(module)
-    name = module.params["name"]
-    if not fleet.FLEET_NAME.match(name):
-        module.fail_json(msg="name: '%s' is not a fleet name (letters, digits, '.', '_', '-')" % name)
-    for key in ("start_concurrency", "batch_size"):
-        if module.params[key] < 1:
-            module.fail_json(msg="%s: must be at least 1, got %d" % (key, module.params[key]))
+    params = fleet.check_params(module.params)
     timings = Timings()
-    conn = lv.open_connection(module)
-    try:
-        lock = fleet.NodeLock(timeout=module.params["lock_timeout"])
-        with lock:
-            older = fleet.Journal.load(name)
-            if module.params["state"] == "absent":
-                plan, request, restart, recovered = run_absent(module, conn, older, timings)
-            else:
-                plan, request, restart, recovered = run_present(module, conn, older, timings)
-    except fleet.FleetError as exc:
-        module.fail_json(msg=str(exc))
-    except (OSError, ValueError) as exc:
-        module.fail_json(msg="journal: %s" % exc)
-    module.exit_json(
-        changed=plan.changed,
-        plan=plan.to_list(),
-        diff=plan.diff(header="fleet %s" % name),
-        members=member_results(conn, request),
-        counts=counts(request),
-        restart_required=restart,
-        recovered=recovered,
-        journal=os.path.join("/", fleet.journal_relpath(name)),
-        timings=timings.to_dict(),
-    )
+    node = read_node(module, guests=False, libvirt=lv.libvirt, timings=timings)
+    with fleet.node_lock(node, params, module.check_mode):
+        with timings.measure("read"):   # under the lock: no other change runs between reading and acting
+            node.read_guests(lv.libvirt)
+        run = fleet.plan_fleet(node, params, lv.libvirt, timings)
+        fleet.apply(run, module.check_mode, timings)
+    module.exit_json(changed=run.plan.changed, plan=run.plan.to_list(),
+                     diff=run.plan.diff(header="fleet %s" % params["name"]), timings=timings.to_dict(),
+                     **fleet.report(run))
 
 
 if __name__ == "__main__":

@@ -30,13 +30,8 @@ author:
   - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
-attributes:
-  check_mode:
-    support: full
-    description: Computes the same plan and reports exactly what a real run would change.
-  diff_mode:
-    support: full
-    description: Shows only the owned fields that differ, per step of the plan.
+  - hpcvirt.regime.layout.file
+  - hpcvirt.regime.attributes
 options:
   name:
     description:
@@ -197,7 +192,10 @@ restart_fields:
   type: list
   elements: str
 plan:
-  description: The steps of the run (or, in check mode, of the run that would happen).
+  description:
+    - The steps of the run (or, in check mode, of the run that would happen), in order; C(action) is
+      one of C(create_directory), C(create_overlay), C(define), C(set_live), C(start), C(stop),
+      C(destroy), C(undefine), C(delete_overlay).
   returned: always
   type: list
   elements: dict
@@ -206,269 +204,24 @@ domain_state:
   returned: always
   type: str
 timings:
-  description: Milliseconds per live operation.
+  description:
+    - Milliseconds per action of the plan that ran (C(create_overlay), C(define), C(set_live), C(start),
+      C(stop), C(destroy), C(undefine), C(delete_overlay)), and C(read), reading the node.
   returned: always
   type: dict
+  sample: {read: 42.1, create_overlay: 35.2, define: 12.8, start: 160.4}
 """
 
-import os
-import time
-
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
-from ansible_collections.hpcvirt.regime.plugins.module_utils import _storage as storage
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import CgroupError, detect_layout
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import parse_cpulist, set_to_cpumap
-from ansible_collections.hpcvirt.regime.plugins.module_utils._domain import (
-    build_domain_xml,
-    compare,
-    needs_restart,
-    owned_view,
-)
-from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import write_domain_metadata
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan, Timings
-from ansible_collections.hpcvirt.regime.plugins.module_utils._state import LAYOUT_FILE, read_json
-from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_topology
-from ansible_collections.hpcvirt.regime.plugins.module_utils._vse import (
-    VseError,
-    check_domain_name,
-    digest,
-    layer_names,
-    merge_layers,
-    resolve,
-    validate,
-)
-
-SCHED_KEYS = {"shares": "cpu_shares", "quota": "vcpu_quota", "period": "vcpu_period",
-              "global_quota": "global_quota", "global_period": "global_period"}
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _vse as vse
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import module_main
+from ansible_collections.hpcvirt.regime.plugins.module_utils._node import read_node
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import StepFailed, Timings, execute
 
 
-def read_node(module, conn, name):
-    """Partitions, CPUs and what the node's other guests hold (pins, addresses)."""
-    topology = read_topology("/")
-    try:
-        cgroups = detect_layout("/")
-        layout_file = read_json("/", LAYOUT_FILE) or {}
-    except (CgroupError, ValueError) as exc:
-        module.fail_json(msg="node: %s" % exc)
-    partitions = {pname: {"cpus": cg.cpus, "mems": cg.mems} for pname, cg in cgroups.partitions().items()}
-    taken_cpus, taken_ips = set(), set()
-    for dom in conn.listAllDomains(0):
-        if dom.name() == name:
-            continue
-        try:
-            views = [owned_view(dom.XMLDesc(lv.libvirt.VIR_DOMAIN_XML_INACTIVE))]
-            if dom.isActive():
-                views.append(owned_view(dom.XMLDesc(0)))
-        except lv.libvirt.libvirtError:
-            continue   # a guest that went away (migrated, undefined) while we listed
-        for view in views:
-            for cpus in view["cputune"]["vcpupin"].values():
-                pinned = parse_cpulist(cpus)
-                if len(pinned) == 1:
-                    taken_cpus |= pinned
-            taken_ips |= set((view["metadata"].get("addresses") or {}).values())
-    return {
-        "partitions": partitions,
-        "online": topology.online,
-        "housekeeping": parse_cpulist(layout_file.get("housekeeping", "")) & topology.online or None,
-        "pool": parse_cpulist(layout_file.get("pool", "")) & topology.online or None,
-        "taken_cpus": frozenset(taken_cpus),
-        "taken_ips": frozenset(taken_ips),
-    }
-
-
-def merged_spec(module):
-    layers = list(module.params["layers"] or [])
-    if module.params["spec"] is not None:
-        layers.append({"name": "spec", "spec": module.params["spec"]})
-    try:
-        check_domain_name(module.params["name"])
-        spec, provenance = merge_layers(layers)
-        spec = validate(spec, provenance, domain_name=module.params["name"])
-        return spec, provenance, layer_names(layers)
-    except VseError as exc:
-        module.fail_json(msg=str(exc))
-
-
-def check_disks(module, resolved, conn):
-    """Masters and plain volumes must exist; returns the overlays that have to be created."""
-    missing = []
-    for disk in resolved["disks"]:
-        if disk.get("master"):
-            if not os.path.isfile(disk["master"]):
-                module.fail_json(msg="disks (%s).master: master image %s does not exist" % (disk["dev"], disk["master"]))
-            if not storage.volume_exists(conn, disk["path"]):
-                missing.append(disk)
-        elif not os.path.exists(disk["path"]):
-            module.fail_json(msg="disks (%s).volume: %s does not exist" % (disk["dev"], disk["path"]))
-    for path, what in ((resolved["os"].get("kernel"), "boot.kernel"), (resolved["os"].get("initrd"), "boot.initrd")):
-        if path and not os.path.isfile(path):
-            module.fail_json(msg="%s: %s does not exist" % (what, path))
-    return missing
-
-
-def is_managed(view):
-    return "vse" in (view.get("metadata") or {})
-
-
-def plan_present(module, conn, dom, resolved, desired_view):
-    """The steps that bring the domain's definition (and live state) to ``resolved``."""
-    plan = Plan()
-    state = module.params["state"]
-    console_dir = os.path.dirname(resolved["console_path"])
-    if not os.path.isdir(console_dir):
-        plan.add("create_directory", console_dir, before=None, after="present")
-    for disk in check_disks(module, resolved, conn):
-        plan.add("create_overlay", disk["path"], before=None, after={"backing": disk["master"]}, disk=disk)
-
-    restart = []
-    active = bool(dom.isActive()) if dom is not None else False
-    if dom is None:
-        plan.add("define", resolved["name"], before=None, after=desired_view)
-    else:
-        persistent = compare(desired_view, owned_view(dom.XMLDesc(lv.libvirt.VIR_DOMAIN_XML_INACTIVE)))
-        if persistent:
-            plan.add("define", resolved["name"], before={f: have for f, have, _unused in persistent},
-                     after={f: want for f, _unused, want in persistent})
-        if active and state != "stopped":
-            live = compare(desired_view, owned_view(dom.XMLDesc(0)))
-            restart = needs_restart(live)
-            for field, have, want in live:
-                if field not in restart:
-                    plan.add("set_live", "%s %s" % (resolved["name"], field), before=have, after=want, field=field)
-
-    if state == "running" and not active:
-        plan.add("start", resolved["name"], before="shutoff", after="running")
-    elif state == "stopped" and active:
-        plan.add("stop", resolved["name"], before="running", after="shutoff", mode=module.params["stop_mode"])
-    return plan, restart
-
-
-def apply_present(module, conn, dom, plan, resolved, xml, timings):
-    created = []
-    try:
-        for step in plan:
-            if step.action == "create_directory":
-                os.makedirs(step.target, exist_ok=True)
-            elif step.action == "create_overlay":
-                disk = step.detail["disk"]
-                with timings.measure("create_overlay"):
-                    size = disk["size"] * 1024 * 1024 if disk.get("size") else None
-                    storage.create_overlay(conn, disk["pool_dir"], disk.get("pool"), resolved["name"],
-                                           disk["dev"], disk["master"], size)
-                created.append(disk["path"])
-            elif step.action == "define":
-                with timings.measure("define"):
-                    dom = conn.defineXML(xml)
-            elif step.action == "set_live":
-                with timings.measure("set_live"):
-                    apply_live(dom, step.detail["field"], step.after, resolved)
-            elif step.action == "start":
-                with timings.measure("start"):
-                    dom.create()
-            elif step.action == "stop":
-                with timings.measure("stop"):
-                    stop(module, dom)
-    except lv.libvirt.libvirtError as exc:
-        # A guest that never got defined leaves no overlay behind; a defined one keeps its disks.
-        if lv.find_domain(conn, resolved["name"]) is None:
-            for path in created:
-                storage.delete_volume(conn, path)
-        module.fail_json(msg="%s %s: %s" % (step.action, step.target, lv.error_text(exc)), plan=plan.to_list())
-    return dom
-
-
-def apply_live(dom, field, value, resolved):
-    live = lv.libvirt.VIR_DOMAIN_AFFECT_LIVE
-    key = field.split(".", 1)[-1]
-    if field == "metadata":
-        write_domain_metadata(dom, resolved["metadata"], live)
-    elif field == "cputune.vcpupin":
-        ncpus = lv.host_cpu_count(dom.connect())
-        for vcpu, cpus in (value or {}).items():
-            dom.pinVcpuFlags(int(vcpu), set_to_cpumap(parse_cpulist(cpus), ncpus), live)
-    elif field == "vcpu_cpuset":
-        # the shared pool moved (the partition module changed the layout): follow it live
-        ncpus = lv.host_cpu_count(dom.connect())
-        cpus = parse_cpulist(value) if value else frozenset(range(ncpus))
-        pinned = set((resolved["cputune"].get("vcpupin") or {}).keys())
-        for vcpu in range(resolved["vcpus"]):
-            if str(vcpu) not in pinned:
-                dom.pinVcpuFlags(vcpu, set_to_cpumap(cpus, ncpus), live)
-    elif field == "cputune.emulatorpin":
-        ncpus = lv.host_cpu_count(dom.connect())
-        cpus = parse_cpulist(value) if value else frozenset(range(ncpus))
-        dom.pinEmulator(set_to_cpumap(cpus, ncpus), live)
-    elif field.startswith("cputune."):
-        default = {"shares": 1024, "quota": -1, "global_quota": -1, "period": 100000, "global_period": 100000}
-        dom.setSchedulerParametersFlags({SCHED_KEYS[key]: value if value is not None else default[key]}, live)
-    elif field.startswith("memtune."):
-        unlimited = lv.libvirt.VIR_DOMAIN_MEMORY_PARAM_UNLIMITED
-        dom.setMemoryParameters({key: value if value is not None else unlimited}, live)
-
-
-def stop(module, dom):
-    if module.params["stop_mode"] == "shutdown":
-        try:
-            dom.shutdown()
-        except lv.libvirt.libvirtError:
-            pass
-        deadline = time.monotonic() + module.params["shutdown_timeout"]
-        while time.monotonic() < deadline:
-            if not dom.isActive():
-                return
-            time.sleep(0.2)
-    if dom.isActive():
-        dom.destroy()
-
-
-def run_absent(module, conn, timings):
-    name = module.params["name"]
-    dom = lv.find_domain(conn, name)
-    plan = Plan()
-    if dom is None:
-        return plan, "absent"
-    view = owned_view(dom.XMLDesc(lv.libvirt.VIR_DOMAIN_XML_INACTIVE))
-    if not is_managed(view):
-        module.fail_json(msg="name: domain '%s' was not created by hpcvirt.regime.vse (no hpcvirt vse metadata); "
-                             "refusing to remove it" % name)
-    if dom.isActive():
-        if not module.params["force"]:
-            module.fail_json(msg="state: domain '%s' is running; set force=true to destroy and remove it" % name)
-        plan.add("destroy", name, before="running", after="shutoff")
-    plan.add("undefine", name, before="defined", after=None)
-    if not module.params["keep_disks"]:
-        for dev, path in sorted((view["metadata"].get("overlays") or {}).items()):
-            if storage.volume_exists(conn, path):
-                plan.add("delete_overlay", path, before="present", after=None, dev=dev)
-    if module.check_mode:
-        return plan, "absent"
-    with lv.libvirt_errors(module, "removing domain '%s'" % name, plan=plan.to_list()):
-        for step in plan:
-            with timings.measure(step.action):
-                if step.action == "destroy":
-                    dom.destroy()
-                elif step.action == "undefine":
-                    flags = (lv.libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                             | lv.libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                             | lv.libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-                    dom.undefineFlags(flags)
-                elif step.action == "delete_overlay":
-                    storage.delete_volume(conn, step.target)
-    return plan, "absent"
-
-
-def domain_state(conn, name):
-    dom = lv.find_domain(conn, name)
-    if dom is None:
-        return "absent"
-    return lv.DOMAIN_STATES.get(dom.state()[0], "unknown")
-
-
-def main():
-    argument_spec = lv.libvirt_argument_spec()
-    argument_spec.update(
+def argument_spec():
+    spec = lv.libvirt_argument_spec()
+    spec.update(
         name=dict(type="str", required=True),
         state=dict(type="str", default="present", choices=["present", "running", "stopped", "absent"]),
         layers=dict(type="list", elements="dict", default=[]),
@@ -477,59 +230,27 @@ def main():
         force=dict(type="bool", default=False),
         stop_mode=dict(type="str", default="shutdown", choices=["shutdown", "destroy"]),
         shutdown_timeout=dict(type="int", default=60),
+        layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    return spec
+
+
+@module_main(argument_spec, supports_check_mode=True)
+def main(module):
     lv.require_libraries(module)
+    params = module.params
+    if not 0 <= params["shutdown_timeout"] <= 86400:
+        module.fail_json(msg="shutdown_timeout: %d is outside 0..86400 seconds" % params["shutdown_timeout"])
     timings = Timings()
-    name = module.params["name"]
-
-    if module.params["state"] == "absent":
-        conn = lv.open_connection(module)
-        plan, _state = run_absent(module, conn, timings)
-        module.exit_json(changed=plan.changed, plan=plan.to_list(), diff=plan.diff(header=name),
-                         restart_required=False, restart_fields=[],
-                         domain_state="absent" if plan.changed and not module.check_mode else domain_state(conn, name),
-                         timings=timings.to_dict())
-
-    spec, provenance, names = merged_spec(module)
-    conn = lv.open_connection(module)
-    with lv.libvirt_errors(module, "reading the node's guests"):
-        dom = lv.find_domain(conn, name)
-        current = None
-        if dom is not None:
-            current = owned_view(dom.XMLDesc(lv.libvirt.VIR_DOMAIN_XML_INACTIVE))
-            if not is_managed(current):
-                module.fail_json(msg="name: a domain called '%s' already exists and was not created by "
-                                     "hpcvirt.regime.vse; choose another name" % name)
-        node = read_node(module, conn, name)
+    node = read_node(module, libvirt=lv.libvirt, timings=timings)
+    plan, ctx, report = vse.plan_vse(node, params, lv.libvirt)
     try:
-        resolved = resolve(name, spec, node, names, current)
-    except VseError as exc:
-        module.fail_json(msg=str(exc))
-    if dom is not None:
-        resolved["uuid"] = dom.UUIDString()
-    xml = build_domain_xml(resolved)
-    desired_view = owned_view(xml)
-
-    with lv.libvirt_errors(module, "planning domain '%s'" % name):
-        plan, restart = plan_present(module, conn, dom, resolved, desired_view)
-    if not module.check_mode and plan:
-        dom = apply_present(module, conn, dom, plan, resolved, xml, timings)
-    module.exit_json(
-        changed=plan.changed,
-        plan=plan.to_list(),
-        diff=plan.diff(header=name),
-        spec=spec,
-        provenance=provenance,
-        digest=digest(spec),
-        resolved={k: v for k, v in resolved.items() if k != "uuid"},
-        xml=xml,
-        addresses=resolved["addresses"],
-        restart_required=bool(restart),
-        restart_fields=restart,
-        domain_state=domain_state(conn, name),
-        timings=timings.to_dict(),
-    )
+        execute(plan, ctx, module.check_mode, timings)
+    except StepFailed:
+        vse.undo_new_overlays(ctx)
+        raise
+    module.exit_json(changed=plan.changed, plan=plan.to_list(), diff=plan.diff(header=params["name"]),
+                     domain_state=vse.domain_state(ctx), timings=timings.to_dict(), **report)
 
 
 if __name__ == "__main__":

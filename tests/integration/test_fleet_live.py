@@ -53,11 +53,19 @@ def journal(fleet):
     return os.path.join(JOURNAL_DIR, "fleet-%s.json" % fleet)
 
 
+POOL_FIELDS = {"vcpu_cpuset", "cputune.emulatorpin"}
+
+
 def changes(result):
     """The plan's steps, less redefinitions that only follow the shared pool: other developers'
     partition tests change this node's layout (and with it the pool) while these tests run."""
     return [step for step in result["plan"]
-            if not (step["action"] == "redefine" and set(step["after"]) == {"vcpu_cpuset"})]
+            if not (step["action"] == "redefine" and all(set(after) <= POOL_FIELDS for after in step["after"].values()))]
+
+
+def members_of(steps):
+    """Member names of batched steps, in plan order."""
+    return [name for step in steps for name in step["members"]]
 
 
 def remove_everything(conn, fleet):
@@ -130,7 +138,8 @@ def test_fifty_members_converge_shrink_and_grow(conn, fleet):
 
     first = run_module("hpcvirt.regime.fleet", args)
     assert first["changed"] and first["counts"] == {"create": 50, "update": 0, "keep": 0, "remove": 0, "start": 0}, first
-    assert {"validate", "overlays", "define", "start"} <= set(first["timings"])
+    assert {"validate", "overlays", "define"} <= set(first["timings"]) and "start" not in first["timings"]
+    assert [s["action"] for s in first["plan"]].count("define") == 1     # one batch of 50
     names = ["%s-%03d" % (fleet, i) for i in range(1, 51)]
     assert fleet_domains(conn, fleet) == names
     member = first["members"][6]
@@ -145,7 +154,7 @@ def test_fifty_members_converge_shrink_and_grow(conn, fleet):
     assert changes(again) == [] and again["counts"]["create"] == again["counts"]["remove"] == 0
 
     shrunk = run_module("hpcvirt.regime.fleet", fleet_args(fleet, 40))
-    assert shrunk["changed"] and [s["target"] for s in changes(shrunk)] == names[40:][::-1], shrunk["plan"]   # highest first
+    assert shrunk["changed"] and members_of(changes(shrunk)) == names[40:][::-1], shrunk["plan"]   # highest first
     assert fleet_domains(conn, fleet) == names[:40] and len(overlays(fleet)) == 40
 
     grown = run_module("hpcvirt.regime.fleet", fleet_args(fleet, 45))
@@ -270,6 +279,72 @@ def test_sigkill_part_way_then_the_next_run_completes_or_rolls_back(conn, fleet)
     assert fleet_domains(conn, fleet) == names[:40] and len(overlays(fleet)) == 40
     assert {name: conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) for name in names[:40]} == before
     assert not os.path.exists(journal(fleet))
+
+
+def harness(args, kill_after):
+    """The module under tests/integration/kill_harness.py: SIGKILLed after its kill_after-th step."""
+    path = os.path.join(ROOT, ".build", "tmp", "fleet-kill-%s.json" % uuid.uuid4().hex[:8])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
+    try:
+        return subprocess.run([sys.executable, os.path.join(ROOT, "tests", "integration", "kill_harness.py"), "fleet",
+                               str(kill_after), path], capture_output=True, text=True, timeout=300, check=False)
+    finally:
+        os.unlink(path)
+
+
+def test_sigkill_after_every_step_then_the_next_run_converges(conn, fleet):
+    """A 3-member fleet grown from 1 member (batch size 1, so one step per member and action),
+    killed after each step in turn; the next run completes it (odd k) or, with a request that no
+    longer validates, rolls it back exactly (even k). The bystander guest and its disk, and the
+    member that existed before, are never lost."""
+    bystander = "bystander-" + fleet       # not a name fleet_domains() counts
+    disk = os.path.join(POOL_DIR, "bystander-%s.img" % fleet)
+    base_args = fleet_args(fleet, 1)
+    assert run_module("hpcvirt.regime.fleet", base_args)["changed"]
+    with open(disk, "wb") as handle:
+        handle.write(b"bystander data")
+    conn.defineXML("<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory>"
+                   "<os><type arch='x86_64' machine='pc'>hvm</type></os><devices><disk type='file' device='disk'>"
+                   "<source file='%s'/><target dev='vda'/></disk></devices></domain>" % (bystander, disk))
+    names = ["%s-%03d" % (fleet, i) for i in (1, 2, 3)]
+    base_xml = conn.lookupByName(names[0]).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    base_files = overlays(fleet)
+    grow = fleet_args(fleet, 3, start=2, batch_size=1, overrides={names[0]: {"memory": 160}})
+    try:
+        plan = run_module("hpcvirt.regime.fleet", grow, check=True)["plan"]
+        assert [s["action"] for s in plan] == (["create_overlays"] * 2 + ["redefine"] + ["define"] * 2
+                                               + ["start"] * 2), plan
+        for k in range(1, len(plan) + 1):
+            killed = harness(grow, k)
+            assert killed.returncode == -signal.SIGKILL, (k, killed.stdout, killed.stderr)
+            assert os.path.exists(journal(fleet)), k                 # the interrupted run's record
+            if k % 2:
+                done = run_module("hpcvirt.regime.fleet", grow)
+                assert not done.get("failed") and done["recovered"]["action"] == "completed", (k, done)
+                assert fleet_domains(conn, fleet) == names and len(overlays(fleet)) == 3
+                assert [conn.lookupByName(n).isActive() for n in names] == [1, 1, 0], k
+                assert changes(run_module("hpcvirt.regime.fleet", grow)) == [], k
+            else:
+                undone = run_module("hpcvirt.regime.fleet", dict(grow, hostnames="n[1:2]"))
+                assert undone["failed"] and "hostnames" in undone["msg"] and "rolled back" in undone["msg"], (k, undone)
+                assert fleet_domains(conn, fleet) == [names[0]] and overlays(fleet) == base_files, k
+                assert conn.lookupByName(names[0]).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == base_xml, k
+                assert not conn.lookupByName(names[0]).isActive(), k
+            assert not os.path.exists(journal(fleet)), k
+            assert bystander in conn.listDefinedDomains() and open(disk, "rb").read() == b"bystander data", k
+            # back to the one-member fleet for the next k
+            for name in names:
+                if name in fleet_domains(conn, fleet) and conn.lookupByName(name).isActive():
+                    conn.lookupByName(name).destroy()
+            reset = run_module("hpcvirt.regime.fleet", dict(base_args, force=True))
+            assert not reset.get("failed"), reset
+            assert conn.lookupByName(names[0]).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) == base_xml
+            assert overlays(fleet) == base_files
+    finally:
+        conn.lookupByName(bystander).undefine()
+        os.unlink(disk)
 
 
 @pytest.mark.parametrize("case,needle", [

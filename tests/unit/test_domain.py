@@ -1,8 +1,8 @@
 """Unit tests of domain XML building and the semantic comparison with libvirt's XML.
 
-``dedicated-built.xml`` is what build_domain_xml made for a dedicated, hugepage-backed guest with
-two networks; ``dedicated-libvirt.xml`` is what a real libvirtd 9.0 returned after defining it
-(addresses, default controllers, expanded machine type, cpu model added).
+``dedicated-libvirt.xml`` is what a real libvirtd 9.0 returned after defining the XML that
+build_domain_xml makes for ``DEDICATED`` below (a dedicated, hugepage-backed guest with two
+networks): libvirt added addresses, default controllers, an expanded machine type, a cpu model.
 """
 
 import os
@@ -40,20 +40,64 @@ def resolved(**extra):
     return base
 
 
+# The resolved VSE that dedicated-libvirt.xml was made from.
+DEDICATED = {
+    "name": "hpcvirt-vse-rec", "domain_type": "qemu", "vcpus": 1, "memory_kib": 131072, "hugepages_kib": 2048,
+    "locked": True, "vcpu_cpuset": None,
+    "cputune": {"vcpupin": {"0": "1"}, "emulatorpin": "0"}, "memtune": {"hard_limit": 524288},
+    "numatune": {"mode": "strict", "nodeset": "0"},
+    "os": {"kernel": "/var/lib/hpcvirt/images/hpcvirt-tiny.vmlinuz", "initrd": "/var/lib/hpcvirt/images/hpcvirt-tiny.initrd",
+           "cmdline": "console=ttyS0 hpcvirt.hostname=hpcvirt-vse-rec hpcvirt.ip=10.9.0.98/24", "boot_dev": "hd"},
+    "disks": [{"dev": "vda", "bus": "virtio", "path": "/var/lib/hpcvirt/images/hpcvirt-tiny.qcow2", "format": "qcow2",
+               "readonly": True}],
+    "interfaces": [{"type": "user", "source": None, "mac": "52:54:00:7b:ca:70", "model": "virtio"},
+                   {"type": "bridge", "source": "br-test", "mac": "52:54:00:26:fb:f9", "model": "virtio"}],
+    "console_path": "/var/lib/hpcvirt/console/hpcvirt-vse-rec.log",
+    "metadata": {"addresses": {"net0": "10.9.0.98"}, "meta": {"project": "demo"},
+                 "placement": {"mode": "dedicated", "partition": "p0"},
+                 "vse": {"digest": "6308fcd243fe20a0", "hostname": "hpcvirt-vse-rec", "layers": "vendor",
+                         "name": "hpcvirt-vse-rec"}},
+}
+
+
 def test_built_xml_has_every_owned_element():
-    root = etree.fromstring(fixture("dedicated-built.xml").encode())
-    assert root.get("type") == "qemu"
-    assert root.find("cputune/vcpupin").get("cpuset") == "1"
+    root = etree.fromstring(build_domain_xml(DEDICATED).encode())
+    assert root.get("type") == "qemu" and root.findtext("name") == "hpcvirt-vse-rec"
+    assert root.find("uuid") is None                                   # none asked for: libvirt makes one
+    assert (root.findtext("memory"), root.find("memory").get("unit")) == ("131072", "KiB")
+    assert root.findtext("currentMemory") == "131072"
+    assert root.find("vcpu").text == "1" and root.find("vcpu").get("cpuset") is None
+    assert [(p.get("vcpu"), p.get("cpuset")) for p in root.findall("cputune/vcpupin")] == [("0", "1")]
     assert root.find("cputune/emulatorpin").get("cpuset") == "0"
-    assert root.find("memoryBacking/hugepages/page").get("size") == "2048"
+    assert root.find("cputune/shares") is None
+    page = root.find("memoryBacking/hugepages/page")
+    assert (page.get("size"), page.get("unit")) == ("2048", "KiB")
     assert root.find("memoryBacking/locked") is not None
-    assert root.find("numatune/memory").get("mode") == "strict"
-    assert root.find("devices/serial/source").get("append") == "on"
+    assert root.findtext("memtune/hard_limit") == "524288"
+    assert (root.find("numatune/memory").get("mode"), root.find("numatune/memory").get("nodeset")) == ("strict", "0")
+    assert root.findtext("os/kernel") == "/var/lib/hpcvirt/images/hpcvirt-tiny.vmlinuz"
+    assert root.findtext("os/cmdline").endswith("hpcvirt.ip=10.9.0.98/24")
+    assert root.find("os/boot") is None                                # kernel boot: no boot device
+    disk = root.find("devices/disk")
+    assert disk.find("source").get("file") == "/var/lib/hpcvirt/images/hpcvirt-tiny.qcow2"
+    assert disk.find("driver").get("type") == "qcow2" and disk.find("readonly") is not None
     assert [i.get("type") for i in root.findall("devices/interface")] == ["user", "bridge"]
+    assert root.find("devices/interface[@type='bridge']/source").get("bridge") == "br-test"
+    assert [m.get("address") for m in root.findall("devices/interface/mac")] == ["52:54:00:7b:ca:70", "52:54:00:26:fb:f9"]
+    serial = root.find("devices/serial/source")
+    assert serial.get("path") == "/var/lib/hpcvirt/console/hpcvirt-vse-rec.log" and serial.get("append") == "on"
+    ns = {"h": "https://hpcvirt.dev/xmlns/regime/1"}
+    assert root.find("metadata/h:regime/h:placement", ns).attrib == {"mode": "dedicated", "partition": "p0"}
+    assert root.find("metadata/h:regime/h:addresses", ns).get("net0") == "10.9.0.98"
 
 
 def test_libvirt_additions_are_not_differences():
-    assert compare(owned_view(fixture("dedicated-built.xml")), owned_view(fixture("dedicated-libvirt.xml"))) == []
+    assert compare(owned_view(build_domain_xml(DEDICATED)), owned_view(fixture("dedicated-libvirt.xml"))) == []
+    # ... but what the VSE owns is: a libvirt answer with another pin is a difference
+    moved = fixture("dedicated-libvirt.xml").replace("<vcpupin vcpu='0' cpuset='1'/>", "<vcpupin vcpu='0' cpuset='0'/>")
+    assert moved != fixture("dedicated-libvirt.xml")
+    assert compare(owned_view(build_domain_xml(DEDICATED)), owned_view(moved)) == [
+        ("cputune.vcpupin", {"0": "0"}, {"0": "1"})]
 
 
 def test_metadata_round_trips_for_node_info():
@@ -67,16 +111,28 @@ def test_metadata_round_trips_for_node_info():
     assert classify_placement([{1}], partitions, frozenset({0})) == ("dedicated", "p0")
 
 
-def test_shared_xml_round_trip_and_changes():
-    xml = build_domain_xml(resolved())
-    view = owned_view(xml)
-    assert view["cputune"]["shares"] == 512 and view["cputune"]["vcpupin"] == {}
-    assert compare(view, owned_view(xml)) == []
+def test_shared_xml_reads_back_as_the_fields_it_was_built_from():
+    view = owned_view(build_domain_xml(resolved()))
+    assert view == {
+        "domain_type": "qemu", "name": "g1", "memory_kib": 262144, "hugepages_kib": None, "locked": False,
+        "vcpus": 2, "vcpu_cpuset": None,
+        "os": {"kernel": "/img/k", "initrd": "/img/i", "cmdline": "console=ttyS0", "boot_dev": None},
+        "cputune": {"shares": 512, "period": None, "quota": None, "global_period": None, "global_quota": None,
+                    "vcpupin": {}, "emulatorpin": None},
+        "memtune": {"hard_limit": None, "soft_limit": None},
+        "numatune": {},
+        "disks": [{"dev": "vda", "bus": "virtio", "path": "/img/g1-vda.qcow2", "format": "qcow2", "readonly": False}],
+        "interfaces": [{"type": "network", "source": "default", "mac": "52:54:00:00:00:01", "model": "virtio"}],
+        "console_path": "/var/lib/hpcvirt/console/g1.log",
+        "metadata": {"vse": {"name": "g1", "digest": "abc", "layers": "a,b"}, "placement": {"mode": "shared"}},
+    }
+
+
+def test_changes_are_listed_with_current_and_desired_values():
+    view = owned_view(build_domain_xml(resolved()))
     changed = owned_view(build_domain_xml(resolved(cputune={"shares": 256}, vcpus=4)))
     diff = compare(changed, view)
-    assert ("cputune.shares", 512, 256) in diff
-    assert ("vcpus", 2, 4) in diff
-    assert len(diff) == 2
+    assert sorted(diff) == [("cputune.shares", 512, 256), ("vcpus", 2, 4)]
     assert needs_restart(diff) == ["vcpus"]
 
 
