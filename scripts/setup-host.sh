@@ -5,6 +5,8 @@ packages=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   python3-libvirt python3-lxml python3-netaddr python3-venv python3-dev gcc
   cpio busybox-static e2fsprogs procps iproute2 shellcheck
+  gnutls-bin  # certtool: the multinode test bed's TLS PKI (tools/multinode/nodes.sh)
+  polkitd dbus-daemon  # the polkit access driver test (nodes.sh start-acl, test_allowed_users.py)
 )
 missing=()
 for pkg in "${packages[@]}"; do
