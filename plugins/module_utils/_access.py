@@ -8,9 +8,13 @@ action (``org.libvirt.api.domain.start``, ...) and details (``connect_driver``, 
 ``domain_uuid``). The collection writes, per VSE, ``<rules_dir>/60-hpcvirt-vse-<name>.rules``: the
 VSE's listed Unix users may connect (``org.libvirt.unix.manage``, ``connect.getattr``,
 ``connect.search-domains``) and, on that VSE's guests only (matched by name or UUID), use the
-actions in DOMAIN_ACTIONS. Anything else is left to the other rules (NOT_HANDLED), which by default
-refuse a user who is not root. listAllDomains filters by ``domain.getattr``, so a user sees only
-the guests of the VSEs that list them.
+actions in DOMAIN_ACTIONS; anything else is NOT_HANDLED there. libvirt's own defaults let anyone
+who can connect see every domain (``domain.getattr`` and ``connect.*`` default to yes), so one more
+file, ``61-hpcvirt-vse-default.rules``, read after every VSE file, closes that: root and members of
+the admin group (default ``libvirt``, Debian's group of full libvirt users) may do everything; any
+other user is refused every ``org.libvirt.api.*`` action no VSE file granted. listAllDomains
+filters by ``domain.getattr``, so a listed user sees only the guests of the VSEs that list them.
+It is written with the first VSE file and removed with the last.
 
 Everything here is pure but for :func:`apply` (writes or removes the one file, atomically).
 Every value that reaches the JavaScript is validated first and then written with ``json.dumps``.
@@ -29,6 +33,8 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import Hpcv
 RULES_DIR = "/etc/polkit-1/rules.d"
 RULES_PREFIX = "60-hpcvirt-vse-"
 RULES_SUFFIX = ".rules"
+DEFAULT_RULES = "61-hpcvirt-vse-default.rules"
+ADMIN_GROUP = "libvirt"
 
 # What a listed user may do with the VSE's guests (libvirt's ACL permission names).
 DOMAIN_ACTIONS = (
@@ -118,6 +124,8 @@ def _validated_list(values, field, check, limit):
 def rules_path(vse, rules_dir=RULES_DIR):
     """The one rule file of VSE ``vse`` (the name is validated: the path cannot leave rules_dir)."""
     validate_name(vse, "name")
+    if RULES_PREFIX + vse + RULES_SUFFIX == DEFAULT_RULES:  # cannot happen (60- vs 61-); kept explicit
+        raise AccessError("name", "%s is reserved" % _shown(vse))
     return os.path.join(rules_dir, RULES_PREFIX + vse + RULES_SUFFIX)
 
 
@@ -183,16 +191,31 @@ def read_current(path):
         return None
 
 
-def plan(vse, users, guests, uuids=(), state="present", rules_dir=RULES_DIR, actions=DOMAIN_ACTIONS):
-    """What :func:`apply` would do: ``{"path", "action", "before", "after"}``.
+def render_default_rules(admin_group=ADMIN_GROUP):
+    """The file read after every VSE file: root and the admin group keep full access, everyone
+    else is refused whatever no VSE file granted."""
+    validate_user(admin_group, "admin_group")
 
-    ``action`` is ``write`` (create or change the file), ``remove`` or ``none``. With state absent,
-    or no user listed, the file goes.
-    """
-    if state not in ("present", "absent"):
-        raise AccessError("state", "%s is not present or absent" % _shown(state))
-    path = rules_path(vse, rules_dir)
-    after = render_rules(vse, users, guests, uuids, actions) if state == "present" else None
+    def js(value):
+        return json.dumps(value, ensure_ascii=True)
+
+    lines = [
+        "// hpcvirt.regime: read after the 60-hpcvirt-vse-*.rules files. Written by the collection; do not edit.",
+        "polkit.addRule(function (action, subject) {",
+        "    if (action.id.indexOf(\"org.libvirt.api.\") !== 0) {",
+        "        return polkit.Result.NOT_HANDLED;",
+        "    }",
+        "    if (subject.user === \"root\" || subject.isInGroup(%s)) {" % js(admin_group),
+        "        return polkit.Result.YES;",
+        "    }",
+        "    return polkit.Result.NO;",
+        "});",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _step(path, after):
     before = read_current(path)
     if after == before:
         action = "none"
@@ -203,10 +226,56 @@ def plan(vse, users, guests, uuids=(), state="present", rules_dir=RULES_DIR, act
     return {"path": path, "action": action, "before": before, "after": after}
 
 
-def diff(step):
-    """Ansible --diff entry for a plan."""
-    return {"before": step["before"] or "", "after": step["after"] or "",
-            "before_header": step["path"], "after_header": step["path"]}
+def vse_rule_files(rules_dir=RULES_DIR):
+    """The VSE rule files present in ``rules_dir`` (names)."""
+    try:
+        names = os.listdir(rules_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if n.startswith(RULES_PREFIX) and n.endswith(RULES_SUFFIX)
+                  and n != DEFAULT_RULES)
+
+
+def plan(vse, users, guests, uuids=(), state="present", rules_dir=RULES_DIR, actions=DOMAIN_ACTIONS,
+         admin_group=ADMIN_GROUP):
+    """The steps that make ``rules_dir`` grant VSE ``vse``'s guests to ``users``: the VSE's file
+    (see :func:`plan_file`) and the default file (present while any VSE file is)."""
+    step = plan_file(vse, users, guests, uuids, state, rules_dir, actions)
+    others = [n for n in vse_rule_files(rules_dir) if n != os.path.basename(step["path"])]
+    default = render_default_rules(admin_group) if (others or step["after"] is not None) else None
+    steps = [step, _step(os.path.join(rules_dir, DEFAULT_RULES), default)]
+    # Write the VSE file before the default one (its grant exists before the default refuses the
+    # rest); remove it after (a guest is never left to libvirt's open defaults in between).
+    return steps if step["after"] is not None else steps[::-1]
+
+
+def apply_all(steps, check_mode=False):
+    """:func:`apply` each step in order; True when anything changed (or would)."""
+    changed = False
+    for step in steps:
+        changed = apply(step, check_mode) or changed
+    return changed
+
+
+def plan_file(vse, users, guests, uuids=(), state="present", rules_dir=RULES_DIR, actions=DOMAIN_ACTIONS):
+    """What :func:`apply` would do to VSE ``vse``'s file: ``{"path", "action", "before", "after"}``.
+
+    ``action`` is ``write`` (create or change the file), ``remove`` or ``none``. With state absent,
+    or no user listed, the file goes.
+    """
+    if state not in ("present", "absent"):
+        raise AccessError("state", "%s is not present or absent" % _shown(state))
+    path = rules_path(vse, rules_dir)
+    after = render_rules(vse, users, guests, uuids, actions) if state == "present" else None
+    return _step(path, after)
+
+
+def diff(steps):
+    """Ansible --diff entries (a list, one per file that changes) for a plan."""
+    if isinstance(steps, dict):
+        steps = [steps]
+    return [{"before": s["before"] or "", "after": s["after"] or "",
+             "before_header": s["path"], "after_header": s["path"]} for s in steps if s["action"] != "none"]
 
 
 def apply(step, check_mode=False):

@@ -64,7 +64,7 @@ def test_bad_guest_names_are_refused(guest):
 @pytest.mark.parametrize("vse", ["../etc", "a/b", ".hidden", "x\n", "", "v" * 64, None])
 def test_bad_vse_names_cannot_leave_the_rules_dir(vse, tmp_path):
     with pytest.raises(AccessError) as err:
-        _access.plan(vse, ["alice"], ["g"], rules_dir=str(tmp_path))
+        _access.plan_file(vse, ["alice"], ["g"], rules_dir=str(tmp_path))
     assert err.value.field == "name"
     assert os.listdir(tmp_path) == []
 
@@ -93,7 +93,7 @@ def test_lists_and_actions_are_checked(field, kwargs):
 
 def test_plan_apply_is_idempotent_and_check_mode_writes_nothing(tmp_path):
     rules = str(tmp_path)
-    step = _access.plan("lab", ["alice"], ["lab-0"], rules_dir=rules)
+    step = _access.plan_file("lab", ["alice"], ["lab-0"], rules_dir=rules)
     assert step["action"] == "write" and step["before"] is None
     assert step["path"] == os.path.join(rules, "60-hpcvirt-vse-lab.rules")
     assert _access.apply(step, check_mode=True) is True
@@ -101,35 +101,35 @@ def test_plan_apply_is_idempotent_and_check_mode_writes_nothing(tmp_path):
     assert _access.apply(step) is True
     assert sorted(os.listdir(rules)) == ["60-hpcvirt-vse-lab.rules"]  # no temporary file left
     assert oct(os.stat(step["path"]).st_mode & 0o777) == "0o644"
-    again = _access.plan("lab", ["alice"], ["lab-0"], rules_dir=rules)
+    again = _access.plan_file("lab", ["alice"], ["lab-0"], rules_dir=rules)
     assert again["action"] == "none" and _access.apply(again) is False
 
-    changed = _access.plan("lab", ["alice", "bob"], ["lab-0"], rules_dir=rules)
+    changed = _access.plan_file("lab", ["alice", "bob"], ["lab-0"], rules_dir=rules)
     assert changed["action"] == "write" and changed["before"] == step["after"]
-    diff = _access.diff(changed)
+    diff = _access.diff(changed)[0]
     assert diff["before_header"] == step["path"] and '"bob"' in diff["after"] and '"bob"' not in diff["before"]
     _access.apply(changed)
     assert js_array(open(step["path"]).read(), "users") == ["alice", "bob"]
 
-    gone = _access.plan("lab", ["alice"], ["lab-0"], state="absent", rules_dir=rules)
+    gone = _access.plan_file("lab", ["alice"], ["lab-0"], state="absent", rules_dir=rules)
     assert gone["action"] == "remove" and gone["after"] is None
     assert _access.apply(gone, check_mode=True) and os.path.exists(step["path"])
     assert _access.apply(gone) and not os.path.exists(step["path"])
-    assert _access.plan("lab", [], [], state="absent", rules_dir=rules)["action"] == "none"
+    assert _access.plan_file("lab", [], [], state="absent", rules_dir=rules)["action"] == "none"
     # Emptying allowed_users removes the file, as absent does.
-    _access.apply(_access.plan("lab", ["alice"], ["lab-0"], rules_dir=rules))
-    assert _access.plan("lab", [], ["lab-0"], rules_dir=rules)["action"] == "remove"
+    _access.apply(_access.plan_file("lab", ["alice"], ["lab-0"], rules_dir=rules))
+    assert _access.plan_file("lab", [], ["lab-0"], rules_dir=rules)["action"] == "remove"
 
 
 def test_bad_state_is_refused(tmp_path):
     with pytest.raises(AccessError) as err:
-        _access.plan("lab", ["alice"], ["g"], state="gone", rules_dir=str(tmp_path))
+        _access.plan_file("lab", ["alice"], ["g"], state="gone", rules_dir=str(tmp_path))
     assert err.value.field == "state"
 
 
 def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
     rules = str(tmp_path)
-    _access.apply(_access.plan("lab", ["alice"], ["g"], rules_dir=rules))
+    _access.apply(_access.plan_file("lab", ["alice"], ["g"], rules_dir=rules))
     before = open(os.path.join(rules, "60-hpcvirt-vse-lab.rules")).read()
 
     def broken(*_args):
@@ -137,6 +137,42 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_access.os, "replace", broken)
     with pytest.raises(OSError):
-        _access.apply(_access.plan("lab", ["bob"], ["g"], rules_dir=rules))
+        _access.apply(_access.plan_file("lab", ["bob"], ["g"], rules_dir=rules))
     assert os.listdir(rules) == ["60-hpcvirt-vse-lab.rules"]
     assert open(os.path.join(rules, "60-hpcvirt-vse-lab.rules")).read() == before
+
+
+def test_default_file_comes_with_the_first_vse_and_goes_with_the_last(tmp_path):
+    rules = str(tmp_path)
+    default = os.path.join(rules, _access.DEFAULT_RULES)
+    steps = _access.plan("a", ["alice"], ["a-0"], rules_dir=rules)
+    assert [os.path.basename(s["path"]) for s in steps] == ["60-hpcvirt-vse-a.rules", _access.DEFAULT_RULES]
+    assert [s["action"] for s in steps] == ["write", "write"]
+    assert len(_access.diff(steps)) == 2
+    assert _access.apply_all(steps, check_mode=True) and os.listdir(rules) == []
+    assert _access.apply_all(steps)
+    text = open(default).read()
+    assert 'subject.isInGroup("libvirt")' in text and 'subject.user === "root"' in text
+    assert text.count("polkit.Result.NO;") == 1 and 'indexOf("org.libvirt.api.") !== 0' in text
+    assert _access.DEFAULT_RULES > "60-hpcvirt-vse-" + "z" * 63 + ".rules"   # read after every VSE file
+    assert not _access.apply_all(_access.plan("a", ["alice"], ["a-0"], rules_dir=rules))
+    _access.apply_all(_access.plan("b", ["bob"], ["b-0"], rules_dir=rules))
+    # a goes: b's file still needs the default one.
+    steps = _access.plan("a", [], [], state="absent", rules_dir=rules)
+    assert [(os.path.basename(s["path"]), s["action"]) for s in steps] == [
+        (_access.DEFAULT_RULES, "none"), ("60-hpcvirt-vse-a.rules", "remove")]
+    _access.apply_all(steps)
+    assert sorted(os.listdir(rules)) == ["60-hpcvirt-vse-b.rules", _access.DEFAULT_RULES]
+    # b goes, the last one: the default file goes too (first, then b's grant).
+    steps = _access.plan("b", ["bob"], ["b-0"], state="absent", rules_dir=rules)
+    assert [(os.path.basename(s["path"]), s["action"]) for s in steps] == [
+        (_access.DEFAULT_RULES, "remove"), ("60-hpcvirt-vse-b.rules", "remove")]
+    _access.apply_all(steps)
+    assert os.listdir(rules) == []
+
+
+@pytest.mark.parametrize("group", ["wheel\n", "a b", "", "\"x"])
+def test_bad_admin_group_is_refused(group, tmp_path):
+    with pytest.raises(AccessError) as err:
+        _access.plan("a", ["alice"], ["g"], rules_dir=str(tmp_path), admin_group=group)
+    assert err.value.field == "admin_group" and os.listdir(tmp_path) == []

@@ -165,6 +165,9 @@ ensure_pki() {  # the test-bed CA, a client set for the bed namespace and a rogu
   make_ca "$PKI_DIR/rogue-ca" "not the hpcvirt test-bed CA"
   client_set "$PKI_DIR/ca" "$PKI_DIR/client" hpcvirt-bed-client
   client_set "$PKI_DIR/rogue-ca" "$PKI_DIR/rogue" hpcvirt-rogue-client
+  # The rogue client trusts both CAs (so it accepts the nodes and its own certificate passes its
+  # own check); the nodes trust only the test-bed CA and refuse it.
+  cat "$PKI_DIR/ca/cacert.pem" "$PKI_DIR/rogue-ca/cacert.pem" >"$PKI_DIR/rogue/cacert.pem"
 }
 
 node_pki() {  # name -> $dir/pki in libvirt's /etc/pki layout
