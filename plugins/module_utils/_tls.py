@@ -94,9 +94,9 @@ def explain(message, uri):
         return head + ("this host's %s %s is missing or unreadable; a TLS client needs %s"
                        % (what, match.group(2), where))
     if kind == "own":
+        cert, ca, reason = match.group(1), match.group(2), match.group(3).rstrip(".")
         return head + ("this host's client certificate %s is not valid against its CA certificate %s (%s); "
-                       "issue it from the CA the peers trust" % (match.group(1), match.group(2),
-                                                                  match.group(3).rstrip(".")))
+                       "issue it from the CA the peers trust" % (cert, ca, reason))
     if kind == "name":
         return head + ("the peer's certificate %s does not name %s; the server certificate needs that "
                        "name or address as a subject alternative name" % (match.group(1), match.group(2)))

@@ -83,6 +83,10 @@ def denied(value):
     return isinstance(value, dict) and "error" in value
 
 
+def lost_access(result):
+    return denied(result["open"]) or denied(result.get("lookup"))
+
+
 def until(predicate, timeout=20):
     """polkitd reloads its rules when the directory changes (inotify): wait for that, not a time."""
     deadline = time.monotonic() + timeout
@@ -147,7 +151,7 @@ def test_listed_user_controls_the_vse_guest_and_no_one_else_sees_it(acl_node, tw
 
     assert _access.apply_all(steps) is True
     assert not _access.apply_all(_access.plan(VSE, [user1], [MINE], uuids=uuids, rules_dir=RULES))  # idempotent
-    seen = until(lambda: (lambda r: r if r.get("lookup") == MINE else None)(as_user(user1, "look")))
+    seen = until(lambda: as_user(user1, "look").get("lookup") == MINE)
     assert seen, "polkitd never applied %s" % path
 
     result = as_user(user1)
@@ -169,6 +173,5 @@ def test_listed_user_controls_the_vse_guest_and_no_one_else_sees_it(acl_node, tw
     # state absent: the file goes, and with it user1's access.
     gone = _access.plan(VSE, [user1], [MINE], state="absent", rules_dir=RULES)
     assert _access.apply_all(gone) and not os.path.exists(path) and os.listdir(RULES) == []
-    lost = until(lambda: (lambda r: r if denied(r["open"]) or denied(r.get("lookup")) else None)(
-        as_user(user1, "look")))
+    lost = until(lambda: lost_access(as_user(user1, "look")))
     assert lost, "user1 kept access after the rule file was removed"
