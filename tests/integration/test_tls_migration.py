@@ -30,7 +30,7 @@ PKI = os.path.join(NODES_DIR, "pki")
 BED_NS = "hpcvirt-bed"
 NAME = "hpcvirt-tls-mig"
 FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-         | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+         | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_UNSAFE)  # one shared overlay (relabel off)
 
 CLIENT = r"""
 import json, sys
