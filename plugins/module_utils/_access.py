@@ -243,9 +243,9 @@ def plan(vse, users, guests, uuids=(), state="present", rules_dir=RULES_DIR, act
     step = plan_file(vse, users, guests, uuids, state, rules_dir, actions)
     others = [n for n in vse_rule_files(rules_dir) if n != os.path.basename(step["path"])]
     default = render_default_rules(admin_group) if (others or step["after"] is not None) else None
-    steps = [step, _step(os.path.join(rules_dir, DEFAULT_RULES), default)]
-    # Write the VSE file before the default one (its grant exists before the default refuses the
-    # rest); remove it after (a guest is never left to libvirt's open defaults in between).
+    steps = [_step(os.path.join(rules_dir, DEFAULT_RULES), default), step]
+    # The default file is in place before a VSE file grants anything and goes only after the last
+    # VSE file: in between, no other guest is ever left to libvirt's open defaults.
     return steps if step["after"] is not None else steps[::-1]
 
 

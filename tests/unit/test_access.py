@@ -146,7 +146,7 @@ def test_default_file_comes_with_the_first_vse_and_goes_with_the_last(tmp_path):
     rules = str(tmp_path)
     default = os.path.join(rules, _access.DEFAULT_RULES)
     steps = _access.plan("a", ["alice"], ["a-0"], rules_dir=rules)
-    assert [os.path.basename(s["path"]) for s in steps] == ["60-hpcvirt-vse-a.rules", _access.DEFAULT_RULES]
+    assert [os.path.basename(s["path"]) for s in steps] == [_access.DEFAULT_RULES, "60-hpcvirt-vse-a.rules"]
     assert [s["action"] for s in steps] == ["write", "write"]
     assert len(_access.diff(steps)) == 2
     assert _access.apply_all(steps, check_mode=True) and os.listdir(rules) == []
@@ -160,13 +160,13 @@ def test_default_file_comes_with_the_first_vse_and_goes_with_the_last(tmp_path):
     # a goes: b's file still needs the default one.
     steps = _access.plan("a", [], [], state="absent", rules_dir=rules)
     assert [(os.path.basename(s["path"]), s["action"]) for s in steps] == [
-        (_access.DEFAULT_RULES, "none"), ("60-hpcvirt-vse-a.rules", "remove")]
+        ("60-hpcvirt-vse-a.rules", "remove"), (_access.DEFAULT_RULES, "none")]
     _access.apply_all(steps)
     assert sorted(os.listdir(rules)) == ["60-hpcvirt-vse-b.rules", _access.DEFAULT_RULES]
-    # b goes, the last one: the default file goes too (first, then b's grant).
+    # b goes, the last one: its grant first, then the default file.
     steps = _access.plan("b", ["bob"], ["b-0"], state="absent", rules_dir=rules)
     assert [(os.path.basename(s["path"]), s["action"]) for s in steps] == [
-        (_access.DEFAULT_RULES, "remove"), ("60-hpcvirt-vse-b.rules", "remove")]
+        ("60-hpcvirt-vse-b.rules", "remove"), (_access.DEFAULT_RULES, "remove")]
     _access.apply_all(steps)
     assert os.listdir(rules) == []
 
