@@ -8,6 +8,8 @@ packages=(
   chromium  # the core map's browser test (tests/integration/test_report_browser.py)
   # tools/prodnode/prodnode.sh: the production-like node's root tree, its SSH key and client
   debootstrap openssh-client
+  gnutls-bin  # certtool: the multinode test bed's TLS PKI (tools/multinode/nodes.sh)
+  polkitd dbus-daemon  # the polkit access driver test (nodes.sh start-acl, test_allowed_users.py)
 )
 missing=()
 for pkg in "${packages[@]}"; do
