@@ -163,9 +163,12 @@ def is_local_uri(uri):
 def console_paths(xml_text):
     """Paths of the file-backed serial ports and consoles in a domain's XML, serials first."""
     parser = etree.XMLParser(resolve_entities=False, no_network=True)
-    root = etree.fromstring(xml_text.encode(), parser)
+    try:
+        root = etree.fromstring(xml_text.encode(), parser)
+    except etree.XMLSyntaxError:
+        return []
     paths = []
-    for device in root.xpath("devices/serial[@type='file'] | devices/console[@type='file']"):
+    for device in root.findall("devices/serial[@type='file']") + root.findall("devices/console[@type='file']"):
         for source in device.findall("source"):
             path = source.get("path")
             if path and path not in paths:
