@@ -165,7 +165,9 @@ def test_evacuate_and_restore_jobs_preempt_and_resume_a_guest(run_job, guest_fac
     job = run_job("hpcvirt evacuate", {"evacuate_preempt": "no", "evacuate_strategy": "pack", "evacuate_concurrency": 1},
                   inventory=str(inventory), extra=only_ours)
     assert job.status == "failed", job
-    assert "no destination among none can take %s" % GUEST in " ".join(job.stdout.split())
+    failed = [e for e in job.task_events() if (e.get("res") or {}).get("failed")]
+    assert [e["task"] for e in failed] == ["Refuse before anything moves when a guest fits nowhere"], job
+    assert GUEST in failed[0]["res"]["msg"] and "nothing was moved" in failed[0]["res"]["msg"]
     assert job.changed() == [] and conn.lookupByName(GUEST).isActive()
 
     # The survey's defaults: the group evacuate, preempting what fits nowhere.
