@@ -41,28 +41,11 @@ class Action:
     def __repr__(self):
         return "Action(%s)" % self.name
 
-    # TRANSITIONAL (removed when every planner owns typed actions): a bare name still compares equal.
-    def __eq__(self, other):
-        if isinstance(other, str):
-            return self.name == other
-        return self is other
-
-    def __hash__(self):
-        return hash(self.name)
-
-
-def _legacy(name):
-    def run(_ctx, _step):
-        raise TypeError("step %s has no action to run it" % name)
-    return Action(name, run)
-
 
 class Step:
     """One change: ``action`` on ``target``, from ``before`` to ``after``."""
 
     def __init__(self, action, target, before=None, after=None, **detail):
-        if isinstance(action, str):  # TRANSITIONAL
-            action = _legacy(action)
         if not isinstance(action, Action):
             raise TypeError("a plan step needs an Action, not %r" % (action,))
         self.action = action

@@ -9,7 +9,7 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import (
     metadata_from_domain_xml,
     parse_metadata,
 )
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan, Timings
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Plan, Timings
 from ansible_collections.hpcvirt.regime.plugins.module_utils._state import (
     read_json,
     write_json_atomic,
@@ -40,8 +40,11 @@ def test_metadata_inside_domain_ignores_other_namespaces():
 def test_plan_diff_and_list():
     plan = Plan()
     assert not plan and not plan.changed
-    plan.add("write", "/a/cpuset.cpus", "0-3", "0-1", reason="shrink pool")
-    plan.add("write", "/a/cpuset.cpus", "0-1", "0")
+    write = Action("write", lambda ctx, step: None)
+    plan.add(write, "/a/cpuset.cpus", "0-3", "0-1", reason="shrink pool")
+    plan.add(write, "/a/cpuset.cpus", "0-1", "0")
+    with pytest.raises(TypeError, match="a plan step needs an Action, not 'write'"):
+        plan.add("write", "/a/cpuset.cpus", "0", "1")
     assert plan.changed and len(plan) == 2
     assert plan.to_list()[0] == {"action": "write", "target": "/a/cpuset.cpus", "before": "0-3",
                                  "after": "0-1", "reason": "shrink pool"}

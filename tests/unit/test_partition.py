@@ -128,7 +128,7 @@ def test_first_run_plan_then_second_run_is_empty(tmp_path):
     predicted, _unused = carve(root, the_spec, apply=False)
     plan, report = carve(root, the_spec)
     assert plan.to_list() == predicted.to_list()
-    actions = [s.action for s in plan]
+    actions = [s.name for s in plan]
     assert actions[0] == "hugepages"
     assert actions[-1] == "layout_file"
     assert "irq_affinity" in actions
@@ -167,7 +167,7 @@ def _normalised(snap):
 def test_order_widens_parent_before_children_and_narrows_after(tmp_path):
     root = fake_node(tmp_path, SERVER, machine_cpus="0-63")
     plan, _unused = carve(root, spec("0,64", {"name": "a", "cpus": "96-99"}, pool="1-8"), apply=False)
-    steps = [(s.action, os.path.basename(s.target), s.after) for s in plan]
+    steps = [(s.name, os.path.basename(s.target), s.after) for s in plan]
     widen = steps.index(("cgroup_write", "cpuset.cpus", "0-63,96-99"))
     child = steps.index(("cgroup_write", "cpuset.cpus", "96-99"))
     narrow = steps.index(("cgroup_write", "cpuset.cpus", "1-8,96-99"))

@@ -32,13 +32,13 @@ def guest(name, pins, emulator="0-7", shares=1024, quota=-1, maximum=None, place
 
 
 def steps(plan, action=None):
-    return [s.to_dict() for s in plan if action is None or s.action == action]
+    return [s.to_dict() for s in plan if action is None or s.name == action]
 
 
 def test_drop_pins_one_to_one_and_moves_emulator_first():
     result = plan_placements(SMALL, [guest("a", ["1-3", "1-3"])], [{"name": "a", "placement": "dedicated", "partition": "p0"}])
     plan, want = result["a"]
-    actions = [s.action for s in plan]
+    actions = [s.name for s in plan]
     assert actions[0] == "pin_emulator"
     assert [s["after"] for s in steps(plan, "pin_vcpu")] == ["4", "5"]
     assert steps(plan, "pin_emulator")[0]["after"] == "0"
@@ -72,7 +72,7 @@ def test_lift_floats_over_pool_and_sets_shares_and_quota():
     placed = guest("a", ["4", "5"], emulator="0", placement={"mode": "dedicated", "partition": "p0"})
     plan, want = plan_placements(SMALL, [placed], [{"name": "a", "placement": "shared", "cpu_shares": 512,
                                                     "vcpu_quota": 50000}])["a"]
-    assert [s.action for s in plan][:2] == ["pin_vcpu", "pin_vcpu"]   # widen vCPUs first
+    assert [s.name for s in plan][:2] == ["pin_vcpu", "pin_vcpu"]   # widen vCPUs first
     assert [s["after"] for s in steps(plan, "pin_vcpu")] == ["1-3", "1-3"]
     assert steps(plan, "scheduler")[0]["after"] == {"cpu_shares": 512, "vcpu_quota": 50000}
     assert steps(plan, "metadata")[0]["after"] == {"mode": "shared", "cpu_shares": "512", "vcpu_quota": "50000"}
@@ -227,7 +227,7 @@ def test_refused_requests_can_be_collected_for_overflow():
 def test_lift_without_shares_keeps_the_recorded_intent():
     tuned = guest("a", ["1-3"], emulator="0-3", placement={"mode": "shared", "cpu_shares": "256"})
     plan, _unused = plan_placements(SMALL, [tuned], [{"name": "a", "placement": "shared"}])["a"]
-    assert not [s for s in plan if s.action == "metadata"]
+    assert not [s for s in plan if s.name == "metadata"]
 
 
 def test_a_guest_listed_twice_is_refused_not_merged():

@@ -176,4 +176,4 @@ def test_unnamed_shared_guest_keeps_its_recorded_shares():
     tuned = guest("web", ["1"], placement={"mode": "shared", "cpu_shares": "256"})
     assert default_request("time_shared", tuned, TIME) == {"name": "web", "placement": "shared", "cpu_shares": 256}
     plan, _unused = plan_regime("time_shared", TIME, [tuned], {})["placements"]["web"]
-    assert [s.action for s in plan] == ["pin_emulator", "scheduler"]    # intent kept, shares applied
+    assert [s.name for s in plan] == ["pin_emulator", "scheduler"]    # intent kept, shares applied
