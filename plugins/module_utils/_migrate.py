@@ -864,6 +864,36 @@ def converge(libvirt, source_conn, dest_conn, params, check_mode, timings):
 # inventory host), so that a whole evacuation or restore is planned once, on the controller.
 
 
+class PlanInputError(HpcvirtError, ValueError):
+    """An option of the evacuation or restore planning is wrong; the message names it."""
+
+
+def compile_pattern(pattern, option="pattern"):
+    """The compiled regular expression of ``option`` (None for empty); a bad one names the option."""
+    if not pattern:
+        return None
+    if not isinstance(pattern, str):
+        raise PlanInputError("%s: must be a string (a regular expression), not %s" % (option, type(pattern).__name__))
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise PlanInputError("%s: %r is not a valid regular expression: %s" % (option, pattern, exc))
+
+
+def number_arg(value, option, kind=int):
+    """``kind(value)`` of a filter option, naming the option when it is not a number."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise PlanInputError("%s: must be a number, not %r" % (option, value))
+
+
+def _nodes_arg(value, option):
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise PlanInputError("%s: must be a dict of inventory host -> node_info result" % option)
+    return value
+
+
 def evacuation_candidates(domains, pattern=None, keep=()):
     """The time-shared guests of a node that an evacuation moves.
 
@@ -872,7 +902,7 @@ def evacuation_candidates(domains, pattern=None, keep=()):
     coming regime change drops onto partitions), and whose name matches the regular expression
     ``pattern`` (searched; empty or None matches every name). Returns dicts name, memory_kb, vcpus.
     """
-    matcher = re.compile(pattern) if pattern else None
+    matcher = compile_pattern(pattern) if not hasattr(pattern, "search") else pattern
     chosen = []
     for dom in domains:
         placement = dom.get("placement") or {}
@@ -913,13 +943,23 @@ def plan_evacuation(sources, destinations, strategy="spread", reserve_memory_mb=
     that stay where they are}.
     Raises ValueError for a guest name found on two sources (names must be unique to be moved).
     """
+    _nodes_arg(sources, "_input")
+    _nodes_arg(destinations, "destinations")
+    if strategy not in STRATEGIES:
+        raise PlanInputError("strategy: must be one of %s, not %r" % (", ".join(STRATEGIES), strategy))
+    if reserve_memory_mb < 0 or vcpu_overcommit < 0:
+        raise PlanInputError("reserve_memory_mb/vcpu_overcommit: must be 0 or more")
+    if keep is not None and not isinstance(keep, dict):
+        raise PlanInputError("keep: must be a dict of inventory host -> guest names")
+    pattern = compile_pattern(pattern)
     guests, origin, stay = [], {}, []
     for host in sorted(sources):
         moving = evacuation_candidates(sources[host]["domains"], pattern, (keep or {}).get(host) or ())
         names = set(g["name"] for g in moving)
         for guest in moving:
             if guest["name"] in origin:
-                raise ValueError("guest %s is running on both %s and %s" % (guest["name"], origin[guest["name"]], host))
+                raise PlanInputError("_input: guest %s is running on both %s and %s (names must be unique to be "
+                                     "moved)" % (guest["name"], origin[guest["name"]], host))
             origin[guest["name"]] = host
             guests.append(guest)
         stay.extend({"name": d["name"], "from": host} for d in sources[host]["domains"]
@@ -947,7 +987,8 @@ def plan_restore(nodes, homes, pattern=None):
     was preempted there (managed save image, ``checkpoint state=preempted``) is resumed.
     Returns ``moves`` (name, from, to, pool of the home) and ``resume`` (name, on).
     """
-    matcher = re.compile(pattern) if pattern else None
+    _nodes_arg(nodes, "_input")
+    matcher = compile_pattern(pattern)
     host_of = {nodes[host]["hostname"]: host for host in sorted(nodes)}
     moves, resume = [], []
     for host in sorted(nodes):
