@@ -1,6 +1,7 @@
 """Live lift/drop against the cold way, side by side on this machine's real libvirt.
 
 Run by hand (root, after `make setup`):  .venv/bin/python benchmarks/lift_drop.py [--cycles 20]
+``--smoke`` (make test) runs the smallest size that exercises every path; its figures are printed, never asserted.
 
 A heartbeat guest is dropped onto partition p1 and lifted back into the pool ``--cycles`` times
 (beside ``--background`` shared guests), three ways in the same run:
@@ -33,15 +34,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 import testbed  # noqa: E402
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import set_to_cpumap  # noqa: E402
-from ansible_collections.hpcvirt.regime.plugins.module_utils._node import (  # noqa: E402
-    read_guests,
-    read_node_state,
-)
-from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import (  # noqa: E402
-    apply_guest_plan,
-    plan_placements,
-)
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings  # noqa: E402
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _placement  # noqa: E402
+from ansible_collections.hpcvirt.regime.plugins.module_utils._node import NodeState  # noqa: E402
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Context, execute  # noqa: E402
 from conftest import run_module  # noqa: E402
 
 GUEST = "hpcvirt-bench-enclave"
@@ -57,18 +52,11 @@ def percentile(values, pct):
 
 def place_through_module_code(conn, requests):
     """What hpcvirt.regime.placement does, minus Ansible: read, plan, apply; live ms per call."""
-    topology, _cgroups, layout, _regime, _timings = read_node_state()
-    partitions = {p["name"]: p for p in layout["partitions"]}
-    from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import parse_cpulist
-    guests = read_guests(libvirt, conn.listAllDomains(0), partitions, parse_cpulist(layout["pool"]), STATES)
-    planned = plan_placements(layout, guests, requests, topology)
-    ncpus = conn.getCPUMap()[0]
-    total = 0.0
-    for name, (plan, _want) in planned.items():
-        timings = Timings()
-        apply_guest_plan(libvirt, conn.lookupByName(name), plan, "both", ncpus, timings)
-        total += sum(timings.to_dict().values())
-    return total
+    node = NodeState.read(conn=conn, libvirt=libvirt)
+    plan, _results = _placement.plan_module(node, {"guests": requests})
+    execute(plan, Context(libvirt=libvirt, conn=conn, domains=node.domains, ncpus=node.ncpus, affect="both"),
+            False, node.timings)
+    return sum(step.ms for step in plan)
 
 
 def bare_move(dom, vcpu_cpus, emulator_cpus, ncpus):
@@ -101,7 +89,11 @@ def main():
     parser.add_argument("--cycles", type=int, default=20, help="drop/lift cycles for live and bare")
     parser.add_argument("--cold-cycles", type=int, default=5, help="destroy/redefine/start moves")
     parser.add_argument("--background", type=int, default=2, help="shared guests beside the enclave")
+    parser.add_argument("--smoke", action="store_true",
+                        help="the smallest run that exercises every path (make test): 3 cycles, 1 cold move, 1 background guest")
     args = parser.parse_args()
+    if args.smoke:
+        args.cycles, args.cold_cycles, args.background = 3, 1, 1
 
     conn = testbed.connect()
     others = [d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)]

@@ -13,40 +13,53 @@ from __future__ import annotations
 
 import re
 
-_RANGE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+)/(\d+))?)?$")
+_RANGE = re.compile(r"(\d+)(?:-(\d+)(?::(\d+)/(\d+))?)?")
+# The kernel's largest NR_CPUS; a cpu-list naming a higher CPU is refused before it is expanded.
+MAX_CPUS = 8192
+MAX_TEXT = 16384
 
 
 class CpuListError(ValueError):
     """A cpu-list or mask that the kernel would not accept either."""
 
 
-def parse_cpulist(text):
+def parse_cpulist(text, limit=MAX_CPUS):
     """Parse a kernel cpu-list (``"0-3,8,10-11"``, ``"0-15:2/4"``, ``""``) into a frozenset.
 
     Accepts ints and iterables of ints as they are, so callers can take user input in either form.
+    Every CPU number must be below ``limit`` (the node's CPU count where the caller knows it, the
+    kernel's largest NR_CPUS otherwise); that is checked before any range is expanded.
     """
     if text is None:
         return frozenset()
+    if isinstance(text, bool):
+        raise CpuListError("%r is not a cpu-list" % (text,))
     if isinstance(text, int):
         if text < 0:
             raise CpuListError("CPU numbers are not negative: %d" % text)
+        if text >= limit:
+            raise CpuListError("CPU %d is beyond the last CPU this node can have (%d)" % (text, limit - 1))
         return frozenset([text])
     if not isinstance(text, str):
         cpus = set()
         for item in text:
-            cpus |= parse_cpulist(item)
+            cpus |= parse_cpulist(item, limit)
         return frozenset(cpus)
+    if len(text) > MAX_TEXT:
+        raise CpuListError("a cpu-list of %d characters is longer than any node needs (%d)" % (len(text), MAX_TEXT))
     cpus = set()
     for part in text.replace(" ", "").replace("\n", "").split(","):
         if not part:
             continue
-        match = _RANGE.match(part)
+        match = _RANGE.fullmatch(part) if len(part) <= 64 else None
         if not match:
             raise CpuListError("'%s' is not a cpu-list element (expected N, N-M or N-M:used/group)" % part)
         first = int(match.group(1))
         last = int(match.group(2)) if match.group(2) is not None else first
         if last < first:
             raise CpuListError("range '%s' runs backwards" % part)
+        if last >= limit:
+            raise CpuListError("'%s' names CPU %d, beyond the last CPU this node can have (%d)" % (part, last, limit - 1))
         used = int(match.group(3)) if match.group(3) else 1
         group = int(match.group(4)) if match.group(4) else 1
         if used < 1 or group < 1 or used > group:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import traceback
 from contextlib import contextmanager
 
-from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import StepFailed, error_message
 
 
@@ -36,7 +34,9 @@ def describe(exc):
         extra.setdefault("failed_step", exc.index + 1)
         extra.setdefault("changed", exc.index > 0)
         extra.update(getattr(exc.error, "details", None) or {})
-        return str(exc), extra
+        hint = ("the steps before it were applied; run again to converge from here" if exc.index
+                else "nothing was changed")
+        return "%s (%s)" % (exc, hint), extra
     if isinstance(exc, HpcvirtError):
         return str(exc), extra
     name = type(exc).__name__
@@ -75,6 +75,8 @@ def module_main(argument_spec, **module_kwargs):
     """Decorate ``body(module)``: build the AnsibleModule, run the body, fail cleanly on any error."""
     def decorate(body):
         def main():
+            from ansible.module_utils.basic import AnsibleModule  # here: the boot-time re-apply has no Ansible
+
             spec = argument_spec() if callable(argument_spec) else argument_spec
             module = AnsibleModule(argument_spec=spec, **module_kwargs)
             with failures(module):

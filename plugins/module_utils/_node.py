@@ -10,6 +10,7 @@ The pure functions (``observe_layout``, ``classify_placement``, ``infer_regime``
 from __future__ import annotations
 
 import os
+import re
 from xml.etree import ElementTree
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
@@ -34,6 +35,16 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import re
 
 class NodeStateError(HpcvirtError):
     """The node's own files cannot be read as expected; the message says which and why."""
+
+
+_CGROUP_COMPONENT = re.compile(r"[A-Za-z0-9_@\\][A-Za-z0-9_.@\\-]*")
+
+
+def valid_cgroup_name(name):
+    """A cgroup name relative to the hierarchy's root: never absolute, never climbing out."""
+    if not isinstance(name, str) or not name or len(name) > 255:
+        return False
+    return all(_CGROUP_COMPONENT.fullmatch(part) for part in name.split("/"))
 
 
 class NodeState:
@@ -61,6 +72,7 @@ class NodeState:
         self.root = root
         self.layout_file = layout_file
         self.timings = timings if timings is not None else Timings()
+        self.regime_record = None
         self._irqs = None
         self._hugepages = None
 
@@ -72,6 +84,10 @@ class NodeState:
         """Read the node. ``conn`` (an open libvirt connection) adds its guests unless ``guests`` is False."""
         timings = timings if timings is not None else Timings()
         layout_file = layout_file or "/" + LAYOUT_FILE
+        if machine_cgroup is not None and not valid_cgroup_name(machine_cgroup):
+            raise NodeStateError("machine_cgroup: %r is not a cgroup name below the cpuset root (components of "
+                                 "letters, digits, '.', '-', '_', '@', '\\', joined by '/'; no '.' or '..'; at "
+                                 "most 255 characters)" % (machine_cgroup,))
         with timings.measure("read"):
             try:
                 topology = read_topology(root)
@@ -101,6 +117,7 @@ class NodeState:
                 regime = {"name": infer_regime(layout), "source": "inferred", "recorded_at": None}
             node = cls(topology, cgroups, record, layout, regime, conn=conn, root=root, layout_file=layout_file,
                        timings=timings)
+            node.regime_record = recorded if isinstance(recorded, dict) else None
             if conn is not None:
                 node.ncpus = conn.getCPUMap()[0]
                 if guests:
@@ -164,6 +181,28 @@ class NodeState:
         """The plain-data form node_info returns (without guests)."""
         return {"topology": self.topology.to_dict(), "cgroups": self.cgroups.to_dict(), "layout": self.layout,
                 "regime": self.regime}
+
+
+def node_report(node, lv, domains=None, include_cpus=True):
+    """What node_info returns: the hypervisor, topology, cgroups, layout, guests and regime."""
+    conn = node.conn
+    with node.timings.measure("hypervisor"):
+        hypervisor = {
+            "uri": conn.getURI(),
+            "hypervisor": conn.getType(),
+            "hypervisor_version": lv.version_string(conn.getVersion()),
+            "library_version": lv.version_string(conn.getLibVersion()),
+        }
+        hostname = conn.getHostname()
+    by_name = {guest["name"]: guest for guest in node.guests}
+    names = sorted(by_name) if domains is None else [n for n in domains if n in by_name]
+    topology = node.topology.to_dict()
+    if not include_cpus:
+        topology.pop("cpus")
+    return dict(hostname=hostname, libvirt=hypervisor, topology=topology, cgroup=node.cgroups.to_dict(),
+                layout=node.layout, domains=[by_name[n] for n in names],
+                missing_domains=[n for n in (domains or []) if n not in by_name], regime=node.regime,
+                timings=node.timings.to_dict())
 
 
 def read_node(module, libvirt=None, guests=True, require_cpuset=False, timings=None, root="/"):

@@ -80,8 +80,6 @@ class Step:
     def to_dict(self):
         data = {"action": self.action.name, "target": self.target, "before": self.before, "after": self.after}
         data.update(self.detail)
-        if self.ms is not None:
-            data["ms"] = self.ms
         return data
 
     def describe(self):
@@ -207,29 +205,32 @@ def error_message(exc):
     return str(exc) or exc.__class__.__name__
 
 
-def execute(plan, ctx, check_mode=False, timings=None, journal=None, on_step=None):
+def execute(plan, ctx, check_mode=False, timings=None, journal=None, on_step=None, phases=None):
     """Carry ``plan`` out in order, unless ``check_mode``: the one place steps are executed.
 
     Returns the number of steps carried out. ``journal`` (a ``_journal.Journal``) is begun before
     the first step, told after every step and finished at the end. ``on_step(step)`` is called
-    after each step (progress, results). Raises ``StepFailed`` for the first step that fails.
+    after each step (progress, results). ``phases`` (Action -> name) files a composed plan's
+    timings under the composer's phase names. Raises ``StepFailed`` for the first step that fails.
     """
     if check_mode or not plan:
         return 0
     timings = timings if timings is not None else Timings()
     if journal is not None:
         journal.begin(plan)
+    phases = phases or {}
     ctx.done = []
     for index, step in enumerate(plan.steps):
+        phase = phases.get(step.action, step.action.phase)
         start = time.monotonic()
         try:
             step.result = step.action.run(ctx, step)
         except Exception as exc:
             step.ms = round((time.monotonic() - start) * 1000.0, 3)
-            timings.add(step.action.phase, step.ms)
+            timings.add(phase, step.ms)
             raise StepFailed(plan, index, exc)
         step.ms = round((time.monotonic() - start) * 1000.0, 3)
-        timings.add(step.action.phase, step.ms)
+        timings.add(phase, step.ms)
         ctx.done.append(step)
         if journal is not None:
             journal.step_done(index + 1)

@@ -21,14 +21,14 @@ _original = _plan.execute
 _count = [0]
 
 
-def execute_then_die(plan, ctx, check_mode=False, timings=None, journal=None, on_step=None):
+def execute_then_die(plan, ctx, check_mode=False, timings=None, journal=None, on_step=None, phases=None):
     def counted(step):
         if on_step is not None:
             on_step(step)
         _count[0] += 1
         if _count[0] >= KILL_AFTER:
             os.kill(os.getpid(), signal.SIGKILL)
-    return _original(plan, ctx, check_mode, timings, journal, counted)
+    return _original(plan, ctx, check_mode, timings, journal, counted, phases)
 
 
 _plan.execute = execute_then_die

@@ -1,3 +1,4 @@
+import re
 import pytest
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
@@ -86,3 +87,20 @@ def test_format_cpumask_groups_of_32_bits():
 def test_libvirt_cpumaps():
     assert cpumap_to_set((True, False, True)) == {0, 2}
     assert set_to_cpumap({0, 2}, 4) == (True, False, True, False)
+
+
+@pytest.mark.parametrize("text, limit, words", [
+    ("0-4000000000", 8192, "names CPU 4000000000, beyond the last CPU this node can have (8191)"),
+    ("3", 2, "names CPU 3, beyond the last CPU this node can have (1)"),
+    ("1-" + "9" * 80, 8192, "is not a cpu-list element"),
+    ("0," * 9000, 8192, "longer than any node needs"),
+])
+def test_cpulists_are_bounded_before_they_are_expanded(text, limit, words):
+    with pytest.raises(CpuListError, match=re.escape(words)):
+        parse_cpulist(text, limit=limit)
+
+
+def test_a_cpulist_element_must_match_whole():
+    with pytest.raises(CpuListError):
+        parse_cpulist("1\n2x")
+    assert parse_cpulist("0-3\n") == frozenset({0, 1, 2, 3})    # sysfs files end in a newline

@@ -5,13 +5,13 @@ import os
 
 import pytest
 
-from partition_helpers import fake_cgroupfs_rmdir, fake_node, snapshot
+from partition_helpers import execute_plan, fake_cgroupfs_rmdir, fake_node, node_at, snapshot
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _hugepages
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _partition as part
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import detect_layout
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import format_cpulist, parse_cpulist
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import StepFailed, Timings
 from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_topology
 
 SERVER = "partition-2s-4numa-smt2"
@@ -115,14 +115,11 @@ def test_kernel_args_are_reported_not_written(sysfs_tree):
 # ---- plans on fake nodes --------------------------------------------------------------------
 
 def carve(root, the_spec, guest_pins=None, apply=True, layout_file=None):
-    topology = read_topology(root)
-    cgroups = detect_layout(root)
     layout_file = layout_file or os.path.join(root, "etc/hpcvirt/layout.json")
-    record = json.load(open(layout_file)) if os.path.exists(layout_file) else None
-    layout, current = part.prepare(the_spec, topology, cgroups, record, guest_pins or {}, root=root)
+    layout, current = part.prepare(the_spec, node_at(root), guest_pins or {})
     plan, report = part.build_plan(layout, current, layout_file, record_extra={"pool_auto": True})
     if apply:
-        part.apply_plan(plan, Timings())
+        execute_plan(plan, root)
     return plan, report
 
 
@@ -215,7 +212,7 @@ def test_hugepage_shortfall_is_rolled_back(tmp_path, monkeypatch):
         return real_set(path, min(count, 5))
 
     monkeypatch.setattr(_hugepages, "set_pages", stingy_kernel)
-    with pytest.raises(part.ApplyError, match="asked the kernel for 8 pages and it granted 5; rolled"):
+    with pytest.raises(StepFailed, match="asked the kernel for 8 pages and it granted 5; rolled"):
         carve(root, spec("0", {"name": "p1", "count": 1, "hugepages": {"count": 8}}))
     assert open(_hugepages.node_path(0, 2048, root)).read().strip() == "0"
     assert not os.path.exists(os.path.join(root, "sys/fs/cgroup/cpuset/machine/hpcvirt-p1.partition"))
@@ -230,9 +227,14 @@ REFUSALS = [
      "partitions[1].cpus: CPU 3 of partition 'b' is already in partition 'a'"),
     ("partition overlaps housekeeping",
      spec("0-3", {"name": "a", "cpus": "3-4"}), None, "partitions[0].cpus: CPU 3 of partition 'a' is already in housekeeping"),
-    ("cpus not online", spec("0", {"name": "a", "cpus": "200-201"}), None,
-     "partitions[0].cpus: CPUs 200,201 are not online"),
-    ("housekeeping not online", spec("500"), None, "housekeeping: CPUs 500 are not online"),
+    ("cpus beyond the node", spec("0", {"name": "a", "cpus": "200-201"}), None,
+     "partitions[0].cpus: '200-201' names CPU 201, beyond the last CPU this node can have (127)"),
+    ("housekeeping beyond the node", spec("500"), None,
+     "housekeeping: '500' names CPU 500, beyond the last CPU this node can have (127)"),
+    ("runaway cpu-list, refused before it is expanded", spec("0", {"name": "a", "cpus": "0-4000000000"}), None,
+     "partitions[0].cpus: '0-4000000000' names CPU 4000000000, beyond the last CPU"),
+    ("partition name with a trailing newline", spec("0", {"name": "p1\n", "cpus": "1"}), None,
+     "partitions[0].name: 'p1\\n' is not a partition name"),
     ("empty housekeeping", spec(""), None, "housekeeping: must name at least one online CPU"),
     ("numa mismatch", spec("0", {"name": "a", "cpus": "15-16", "numa_nodes": [0]}), None,
      "partitions[0].cpus: partition 'a' spans NUMA node(s) 1 but numa_nodes says 0"),
@@ -264,3 +266,22 @@ def test_refusals_name_the_field_and_change_nothing(tmp_path, the_spec, pins, me
         carve(root, the_spec, guest_pins=pins)
     assert message in str(caught.value)
     assert snapshot(root) == before
+
+
+def test_absent_naming_an_unknown_partition_removes_nothing(tmp_path):
+    root = fake_node(tmp_path, "partition-2cpu")
+    carve(root, spec("0", {"name": "p1", "cpus": "1"}))
+    before = snapshot(root)
+    params = {"state": "absent", "partitions": [{"name": "p2"}], "layout_file": "/etc/hpcvirt/layout.json"}
+    with pytest.raises(part.LayoutError, match=r"partitions\[0\].name: no partition 'p2' on this node \(partitions: p1\)"):
+        part.desired_spec(params, node_at(root).record, node_at(root).cgroups.partitions())
+    assert snapshot(root) == before
+
+
+def test_absent_without_a_record_removes_all_or_nothing(tmp_path):
+    root = fake_node(tmp_path, "partition-2cpu")
+    carve(root, spec("0", {"name": "p1", "cpus": "1"}))
+    os.unlink(os.path.join(root, "etc/hpcvirt/layout.json"))
+    existing = node_at(root).cgroups.partitions()
+    assert part.desired_spec({"state": "absent", "partitions": [{"name": "p1"}], "layout_file": "x"}, None,
+                             existing) is None

@@ -228,3 +228,29 @@ def test_lift_without_shares_keeps_the_recorded_intent():
     tuned = guest("a", ["1-3"], emulator="0-3", placement={"mode": "shared", "cpu_shares": "256"})
     plan, _unused = plan_placements(SMALL, [tuned], [{"name": "a", "placement": "shared"}])["a"]
     assert not [s for s in plan if s.action == "metadata"]
+
+
+def test_a_guest_listed_twice_is_refused_not_merged():
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import requests_from_params
+    entries = [{"name": "a", "placement": "shared", "partition": "auto", "cpu_shares": None, "vcpu_quota": None},
+               {"name": "a", "placement": "dedicated", "partition": "auto", "cpu_shares": None, "vcpu_quota": None}]
+    with pytest.raises(PlacementError, match=r"guests\[1\].name: guest 'a' is listed twice \(also guests\[0\]\)"):
+        requests_from_params(entries)
+
+
+def test_a_partition_for_a_shared_guest_is_refused_not_dropped():
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import (
+        normalise_request,
+        requests_from_params,
+    )
+    request = requests_from_params([{"name": "a", "placement": "shared", "partition": "p1"}])[0]
+    with pytest.raises(PlacementError, match=r"guests\[0\].partition: only for dedicated placement.*'p1'"):
+        normalise_request(0, request)
+    assert "partition" not in requests_from_params([{"name": "a", "placement": "shared", "partition": "auto"}])[0]
+
+
+@pytest.mark.parametrize("name", ["a\n", "../x", "x" * 201, "", "-a"])
+def test_guest_names_match_whole(name):
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import normalise_request
+    with pytest.raises(PlacementError, match=r"guests\[0\].name"):
+        normalise_request(0, {"name": name, "placement": "shared"})

@@ -1,6 +1,7 @@
 """testinfra checks of the node after each regime change (run by molecule's verify)."""
 
 import json
+import os
 
 QUERY = r"""
 import json, libvirt
@@ -24,7 +25,15 @@ def guests(host):
 
 
 def regime(host):
-    return json.loads(host.file("/var/lib/hpcvirt/regime.json").content_string)["regime"]
+    """The regime this stage of the scenario moved the node to (written by converge/side_effect)."""
+    with open(os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "expected-regime")) as handle:
+        return handle.read().strip()
+
+
+def test_the_node_records_the_regime_the_scenario_asked_for(host):
+    recorded = json.loads(host.file("/var/lib/hpcvirt/regime.json").content_string)
+    assert recorded["regime"] == regime(host)
+    assert not host.file("/var/lib/hpcvirt/journal/node_regime.json").exists     # the change completed
 
 
 def last_beat(host, name):
