@@ -220,7 +220,7 @@ def test_converge_drains_then_reads_the_node_again():
     result = _slurm.converge(_slurm.Scontrol(run), dict(PARAMS, state="drained", reason="why"))
     assert result["changed"] and result["node"]["summary"] == "drained" and result["before"]["summary"] == "idle"
     assert run.calls[1] == ["scontrol", "update", "nodename=node2", "state=drain", "reason=why"]
-    assert "drain" in result["timings"] and result["plan"][0]["ms"] >= 0
+    assert "drain" in result["timings"]
     assert result["diff"]["before"] == {"drain node2": "idle"}
 
 
