@@ -42,7 +42,7 @@ attributes:
   diff_mode:
     support: full
     description:
-      - The guest on each node before and after (absent, or its state, persistence and placement:
+      - The guest on each node before and after (absent, or its state, persistence and placement -
         vCPU pins, emulator pin, scheduler parameters).
 options:
   name:
