@@ -60,8 +60,8 @@ def main():
     rows = []
     try:
         boot_shared(conns[NODE1], NAME)
-        print("%-3s %-14s %12s %9s %11s %10s %8s" % ("#", "hop", "downtime ms", "total ms", "migrate ms",
-                                                         "module ms", "read ms"))
+        header = ("#", "hop", "downtime ms", "total ms", "migrate ms", "module ms", "read ms")
+        print("%-3s %-14s %12s %9s %11s %10s %8s" % header)
         with testbed.HeartbeatTail(NAME) as tail:
             here, there = NODE1, NODE2
             for i in range(args.count):

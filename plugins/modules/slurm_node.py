@@ -194,7 +194,7 @@ plan:
   description:
     - The changes, in order (C(drain), C(reason), C(features), C(resume)).
     - A C(features) step holds the feature lists that change, comma-separated, keyed
-      C(available_features) and C(active_features), in RV(plan[].before) and RV(plan[].after).
+      C(available_features) and C(active_features), in its C(before) and C(after).
   returned: always
   type: list
   elements: dict
