@@ -34,6 +34,7 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
     parse_cpulist,
     set_to_cpumap,
 )
+from ansible_collections.hpcvirt.regime.plugins.module_utils._domain import _UNITS as LIBVIRT_UNITS
 from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
 from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import write_domain_metadata
 from ansible_collections.hpcvirt.regime.plugins.module_utils._node import NodeState
@@ -349,12 +350,9 @@ def guest_needs_from_xml(xml_text):
     }
 
 
-_UNITS = {"b": 1.0 / 1024, "bytes": 1.0 / 1024, "k": 1, "kib": 1, "kb": 1000.0 / 1024, "m": 1024,
-          "mib": 1024, "mb": 1000.0 * 1000 / 1024, "g": 1024 * 1024, "gib": 1024 * 1024}
-
-
 def _to_kib(value, unit):
-    return int(value * _UNITS.get((unit or "KiB").lower(), 1))
+    """A libvirt size with its unit in KiB (libvirt's units, as the domain XML model reads them)."""
+    return int(round(value * LIBVIRT_UNITS.get((unit or "KiB").lower(), 1)))
 
 
 # --------------------------------------------------------------------------------- libvirt
