@@ -784,7 +784,8 @@ def _run_migrate(ctx, step):
             recover_attempts=params["postcopy_recover_attempts"])
     except MigrationError as exc:
         ctx.out["window"]["end"] = time.time()
-        where = _WHERE.get(exc.guest_on, exc.guest_on) % (() if exc.guest_on != "source" else (step.before["node"],))
+        where = _WHERE["source"] % step.before["node"] if exc.guest_on == "source" \
+            else _WHERE.get(exc.guest_on, "it is on %s" % exc.guest_on)
         raise MigrationError("migrating '%s' to %s failed: %s; %s" % (step.target, params["dest_uri"], exc, where),
                              guest_on=exc.guest_on, postcopy=exc.detail, window=ctx.out["window"],
                              changed=exc.guest_on != "source")
