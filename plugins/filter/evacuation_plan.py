@@ -65,16 +65,20 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.hpcvirt.regime.plugins.module_utils._migrate import plan_evacuation
+from ansible_collections.hpcvirt.regime.plugins.module_utils._migrate import PlanInputError, number_arg, plan_evacuation
 
 
 def evacuation_plan(sources, destinations, strategy="spread", reserve_memory_mb=0, vcpu_overcommit=0.0, pattern="",
                     keep=None):
     try:
-        return plan_evacuation(sources, destinations, strategy, int(reserve_memory_mb), float(vcpu_overcommit),
-                               pattern or None, keep)
-    except (KeyError, TypeError, ValueError) as exc:
+        return plan_evacuation(sources, destinations, strategy, number_arg(reserve_memory_mb, "reserve_memory_mb"),
+                               number_arg(vcpu_overcommit, "vcpu_overcommit", float), pattern or None, keep)
+    except PlanInputError as exc:
         raise AnsibleFilterError("evacuation_plan: %s" % exc)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # A node_info result without the fields the plan reads (or a value of the wrong type).
+        raise AnsibleFilterError("evacuation_plan: the node_info results are not as expected (%s: %s)"
+                                 % (exc.__class__.__name__, exc))
 
 
 class FilterModule:

@@ -45,14 +45,20 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.hpcvirt.regime.plugins.module_utils._migrate import plan_restore
+from ansible_collections.hpcvirt.regime.plugins.module_utils._migrate import PlanInputError, plan_restore
 
 
 def restore_plan(nodes, homes, pattern=""):
     try:
+        if not isinstance(homes, (list, tuple)):
+            raise PlanInputError("homes: must be a list of inventory hosts, not %s" % type(homes).__name__)
         return plan_restore(nodes, list(homes), pattern or None)
-    except (KeyError, TypeError, ValueError) as exc:
+    except PlanInputError as exc:
         raise AnsibleFilterError("restore_plan: %s" % exc)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        # A node_info result without the fields the plan reads (or a value of the wrong type).
+        raise AnsibleFilterError("restore_plan: the node_info results are not as expected (%s: %s)"
+                                 % (exc.__class__.__name__, exc))
 
 
 class FilterModule:

@@ -4,8 +4,10 @@
 """Checkpoints of a guest: preempt (managed save) and resume, and external snapshots with memory.
 
 ``plan_checkpoint`` is pure: from what the guest is now (``observe``) and the desired state it
-returns the plan. ``apply`` carries it out with libvirt and records it in the guest's hpcvirt
-``checkpoint`` metadata (state, at, reason, snapshot), so a later resume needs no outside state.
+returns the plan, typed steps of the actions ``PREEMPT``, ``RESUME``, ``SNAPSHOT``,
+``DELETE_SNAPSHOT`` and ``REVERT``. ``_plan.execute`` carries them out with libvirt; each records
+itself in the guest's hpcvirt ``checkpoint`` metadata (state, at, reason, snapshot), so a later
+resume needs no outside state. ``converge`` is the whole checkpoint module.
 
 Reverting an external snapshot is not in libvirt before 9.7 ("revert to external snapshot not
 supported yet" on Debian 12's 9.0). ``revert_external`` does what libvirt 9.7 does for the simple
@@ -16,20 +18,29 @@ into them. On a libvirt that reverts external snapshots itself, that is used ins
 
 from __future__ import annotations
 
-import datetime
 import os
+import re
 from xml.etree import ElementTree
+
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
+from ansible_collections.hpcvirt.regime.plugins.module_utils._libvirt import find_domain
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Context, Plan, Timings, execute
+from ansible_collections.hpcvirt.regime.plugins.module_utils._state import now_iso
 
 STATES = ("preempted", "resumed", "present", "absent", "reverted")
 SNAPSHOT_STATES = ("present", "absent", "reverted")
+# A snapshot name becomes part of file names (GUEST.SNAPSHOT.mem): letters, digits, ._- only.
+SNAPSHOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
-class CheckpointError(Exception):
+class CheckpointError(HpcvirtError):
     pass
 
 
-def now_utc():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def check_snapshot_name(snapshot):
+    if snapshot is not None and not SNAPSHOT_NAME.fullmatch(snapshot):
+        raise CheckpointError("snapshot: %r is not a usable snapshot name (1 to 64 letters, digits, '.', '_' or "
+                              "'-', starting with a letter or digit)" % snapshot)
 
 
 def snapshot_files(directory, guest, snapshot, disks, memory=True):
@@ -115,7 +126,7 @@ def plan_checkpoint(plan, guest, state, snapshot=None, force=False):
     name = guest["name"]
     if state == "preempted":
         if guest["active"]:
-            plan.add("preempt", name, before=guest["state"], after="preempted (managed save)")
+            plan.add(PREEMPT, name, before=guest["state"], after="preempted (managed save)")
         elif not guest["managed_save"] and not guest["persistent"]:
             raise CheckpointError("name: a transient guest that is not running cannot be preempted")
     elif state == "resumed":
@@ -123,27 +134,32 @@ def plan_checkpoint(plan, guest, state, snapshot=None, force=False):
             if not guest["managed_save"]:
                 raise CheckpointError("name: '%s' is shut off and has no saved state to resume from; starting it "
                                       "would boot it afresh" % name)
-            plan.add("resume", name, before="preempted (managed save)", after="running")
+            plan.add(RESUME, name, before="preempted (managed save)", after="running")
     elif state == "present":
         if snapshot not in guest["snapshots"]:
-            plan.add("snapshot", "%s/%s" % (name, snapshot), before="absent", after="present")
+            plan.add(SNAPSHOT, "%s/%s" % (name, snapshot), before="absent", after="present", snapshot=snapshot)
     elif state == "absent":
         if snapshot in guest["snapshots"]:
-            plan.add("delete_snapshot", "%s/%s" % (name, snapshot), before="present", after="absent")
+            plan.add(DELETE_SNAPSHOT, "%s/%s" % (name, snapshot), before="present", after="absent",
+                     snapshot=snapshot)
     elif state == "reverted":
         if snapshot not in guest["snapshots"]:
             raise CheckpointError("snapshot: '%s' has no snapshot '%s'" % (name, snapshot))
         done = guest["checkpoint"].get("state") == "reverted" and guest["checkpoint"].get("reverted_to") == snapshot
         if force or not done:
-            plan.add("revert", "%s/%s" % (name, snapshot), before=guest["state"], after="snapshot %s" % snapshot)
+            plan.add(REVERT, "%s/%s" % (name, snapshot), before=guest["state"], after="snapshot %s" % snapshot,
+                     snapshot=snapshot)
     return plan
 
 
+_RECORDED_STATE = {"preempt": "preempted", "resume": "resumed", "snapshot": "snapshotted",
+                   "delete_snapshot": "snapshot_deleted", "revert": "reverted"}
+
+
 def checkpoint_record(previous, action, reason=None, snapshot=None):
-    """The hpcvirt ``checkpoint`` element after ``action``."""
-    record = {"state": {"preempt": "preempted", "resume": "resumed", "snapshot": "snapshotted",
-                        "delete_snapshot": "snapshot_deleted", "revert": "reverted"}[action],
-              "at": now_utc(), "reason": reason or previous.get("reason")}
+    """The hpcvirt ``checkpoint`` element after ``action`` (an Action or its name)."""
+    action = str(action)
+    record = {"state": _RECORDED_STATE[action], "at": now_iso(), "reason": reason or previous.get("reason")}
     if action == "preempt":
         record["image"] = "managed_save"
     if snapshot:
@@ -151,6 +167,29 @@ def checkpoint_record(previous, action, reason=None, snapshot=None):
     if action == "revert":
         record["reverted_to"] = snapshot
     return {k: v for k, v in record.items() if v is not None}
+
+
+def guest_state(guest):
+    """What ``--diff`` shows of a guest: its state, saved image, snapshots and checkpoint record."""
+    return {"state": guest["state"], "managed_save": guest["managed_save"], "snapshots": list(guest["snapshots"]),
+            "checkpoint": (guest.get("checkpoint") or {}).get("state")}
+
+
+def predict(guest, plan):
+    """The guest's ``guest_state`` after ``plan`` (what check mode promises)."""
+    after = guest_state(guest)
+    for step in plan:
+        snapshot = step.detail.get("snapshot")
+        if step.action is PREEMPT:
+            after.update(state="shutoff", managed_save=True)
+        elif step.action is RESUME:
+            after.update(state="running", managed_save=False)
+        elif step.action is SNAPSHOT:
+            after["snapshots"] = sorted(set(after["snapshots"]) | {snapshot})
+        elif step.action is DELETE_SNAPSHOT:
+            after["snapshots"] = [s for s in after["snapshots"] if s != snapshot]
+        after["checkpoint"] = _RECORDED_STATE[step.action.name]
+    return after
 
 
 # --------------------------------------------------------------------------------- libvirt
@@ -280,3 +319,103 @@ def _pool_for(libvirt, conn, directory):
     name = "hpcvirt-ckpt-%d" % os.getpid()
     xml = "<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>" % (name, directory)
     return conn.storagePoolCreateXML(xml, 0), True
+
+
+# --------------------------------------------------------------------------------- actions
+# Each runs one step with ``ctx``: libvirt, conn, dom, metadata (the guest's hpcvirt metadata, kept
+# up to date), reason, snapshot_dir, memory, live and ``out`` (result fields the step adds).
+
+
+def _record(ctx, step):
+    ctx.metadata = record(ctx.libvirt, ctx.dom, ctx.metadata,
+                          checkpoint_record(ctx.metadata.get("checkpoint", {}), step.action, ctx.reason,
+                                            step.detail.get("snapshot")))
+
+
+def _run_preempt(ctx, step):
+    # Recorded first, live and persistent: the saved image then carries it too.
+    previous = ctx.metadata
+    _record(ctx, step)
+    try:
+        ctx.dom.managedSave(0)
+    except ctx.libvirt.libvirtError:
+        ctx.metadata = record(ctx.libvirt, ctx.dom, previous, previous.get("checkpoint", {}))  # it still runs
+        raise
+
+
+def _run_resume(ctx, step):
+    ctx.dom.create()
+    _record(ctx, step)
+
+
+def _run_snapshot(ctx, step):
+    directory = ctx.snapshot_dir or default_snapshot_dir(ctx.dom)
+    ctx.out["files"] = create_snapshot(ctx.libvirt, ctx.dom, step.detail["snapshot"], directory, ctx.memory,
+                                       ctx.live, description=ctx.reason)
+    _record(ctx, step)
+
+
+def _run_delete_snapshot(ctx, step):
+    parsed = delete_snapshot(ctx.libvirt, ctx.dom, step.detail["snapshot"])
+    ctx.out["files"] = {"memory": parsed["memory"], "disks": parsed["overlays"]}
+    _record(ctx, step)
+
+
+def _run_revert(ctx, step):
+    ctx.out["reverted_by"] = revert_snapshot(ctx.libvirt, ctx.conn, ctx.dom, step.detail["snapshot"])
+    ctx.dom = ctx.conn.lookupByName(ctx.dom.name())
+    _record(ctx, step)
+
+
+PREEMPT = Action("preempt", _run_preempt)
+RESUME = Action("resume", _run_resume)
+SNAPSHOT = Action("snapshot", _run_snapshot)
+DELETE_SNAPSHOT = Action("delete_snapshot", _run_delete_snapshot)
+REVERT = Action("revert", _run_revert)
+
+
+def default_snapshot_dir(dom):
+    disks = writable_disks(dom.XMLDesc(0))
+    if not disks:
+        return "/var/lib/libvirt/qemu/snapshot"
+    return os.path.dirname(disks[sorted(disks)[0]])
+
+
+def public(guest):
+    return {k: v for k, v in guest.items() if k != "metadata"}
+
+
+def converge(libvirt, conn, params, check_mode=False):
+    """The checkpoint module: plan from the guest as it is, execute, return the result."""
+    name = params["name"]
+    check_snapshot_name(params.get("snapshot"))
+    dom = find_domain(conn, name)
+    if dom is None:
+        raise CheckpointError("name: no guest '%s' on %s" % (name, conn.getURI()))
+    guest = observe(libvirt, dom)
+    try:
+        plan = plan_checkpoint(Plan(), guest, params["state"], params.get("snapshot"), params.get("force"))
+    except CheckpointError as exc:
+        exc.details.setdefault("guest", public(guest))
+        raise
+    timings = Timings()
+    result = dict(changed=plan.changed, plan=plan.to_list(), checkpoint=guest["checkpoint"], guest=public(guest),
+                  diff={"before": guest_state(guest), "after": predict(guest, plan),
+                        "before_header": "guest %s" % name, "after_header": "guest %s" % name})
+    ctx = Context(libvirt=libvirt, conn=conn, dom=dom, metadata=guest["metadata"], reason=params.get("reason"),
+                  snapshot_dir=params.get("snapshot_dir"), memory=params.get("memory", True),
+                  live=params.get("live", False), out={})
+    try:
+        execute(plan, ctx, check_mode, timings)
+    except Exception as exc:
+        details = getattr(getattr(exc, "error", exc), "details", None)
+        if details is not None:
+            details.setdefault("guest", public(guest))
+        raise
+    if plan and not check_mode:
+        result.update(ctx.out)
+        result["plan"] = plan.to_list()
+        result["checkpoint"] = ctx.metadata.get("checkpoint", {})
+        result["guest"] = public(observe(libvirt, conn.lookupByName(name)))
+    result["timings"] = timings.to_dict()
+    return result

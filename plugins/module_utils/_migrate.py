@@ -8,9 +8,16 @@ parameters of a migration, the destination's capacity for a guest, the shared pl
 on arrival, libvirt's job statistics in milliseconds and bytes, when to switch to post-copy, and
 the destination of every guest of an evacuation (``choose_destinations``, ``spread`` or ``pack``).
 
-The live part drives libvirt: ``read_needs`` and ``read_destination`` ask the two daemons,
-``migrate_guest`` runs ``migrateToURI3`` (peer-to-peer: the source daemon talks to the destination
-daemon itself) while a watcher thread follows the job, ``apply_placement`` pins the arrived guest.
+The composition of the migrate module (``read_nodes``, ``plan_migration``, ``converge``): the
+source is read once as a ``_node.NodeState``, the destination as a NodeState built from what its
+libvirtd reports (the module runs on the source and cannot read the destination's sysfs or
+cgroups: its pool comes from the ``dest_pool`` option, else every online CPU). The plan is typed
+steps (``MIGRATE``, ``UNDEFINE_SOURCE``, ``PLACE``, ``RECORD``) carried out by ``_plan.execute``;
+placement on arrival is ``_placement.desired_state`` against the destination's NodeState.
+
+The live part drives libvirt: ``migrate_guest`` runs ``migrateToURI3`` (peer-to-peer: the source
+daemon talks to the destination daemon itself) while a watcher thread follows the job (post-copy
+switch, timeout), ``apply_placement`` pins the arrived guest.
 """
 
 from __future__ import annotations
@@ -20,23 +27,32 @@ import threading
 import time
 from xml.etree import ElementTree
 
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _placement
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
     cpumap_to_set,
     format_cpulist,
     parse_cpulist,
     set_to_cpumap,
 )
+from ansible_collections.hpcvirt.regime.plugins.module_utils._domain import _UNITS as LIBVIRT_UNITS
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
+from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import write_domain_metadata
+from ansible_collections.hpcvirt.regime.plugins.module_utils._node import NodeState
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Context, Plan, StepFailed, execute
+from ansible_collections.hpcvirt.regime.plugins.module_utils._state import now_iso
 
 DISK_MODES = ("shared", "copy", "copy_incremental")
 PLACEMENTS = ("shared", "keep")
 STRATEGIES = ("spread", "pack")
 
 
-class MigrationError(Exception):
-    """A migration that did not happen, with where the guest is now."""
+class MigrationError(HpcvirtError):
+    """A migration that did not happen, with where the guest is now (``guest_on``)."""
 
-    def __init__(self, msg, guest_on=None, detail=None):
-        super().__init__(msg)
+    def __init__(self, msg, guest_on=None, detail=None, **details):
+        if guest_on is not None:
+            details.setdefault("guest_on", guest_on)
+        super().__init__(msg, **details)
         self.guest_on = guest_on
         self.detail = detail or {}
 
@@ -170,15 +186,19 @@ def check_capacity(need, dest, reserve_memory_mb=0, vcpu_overcommit=0.0):
     return problems
 
 
-def shared_placement(pool, vcpus_max, cpu_shares=None, vcpu_quota=None):
-    """Desired shared placement: every vCPU and the emulator float over the pool."""
-    cpus = format_cpulist(pool)
-    desired = {"vcpu_pins": {str(i): cpus for i in range(vcpus_max)}, "emulator_pin": cpus, "scheduler": {}}
-    if cpu_shares is not None:
-        desired["scheduler"]["cpu_shares"] = int(cpu_shares)
-    if vcpu_quota is not None:
-        desired["scheduler"]["vcpu_quota"] = int(vcpu_quota)
-    return desired
+def desired_placement(dest, guest, cpu_shares=None, vcpu_quota=None):
+    """The shared placement ``guest`` gets on the destination (a ``NodeState``): THE placement
+    policy (``_placement.desired_state``), as comparable strings: vCPU pins, emulator (and I/O
+    thread) pin, scheduler parameters. Shares and quota: the options, else the guest's metadata."""
+    shares, quota = placement_from_metadata(guest.get("hpcvirt"), cpu_shares, vcpu_quota)
+    request = _placement.normalise_request(0, {"name": guest["name"], "placement": "shared",
+                                               "cpu_shares": shares, "vcpu_quota": quota})
+    view = _placement.view_of(dest, [] if dest.guest(guest["name"]) else [guest])
+    want = _placement.desired_state(view, guest, request)
+    scheduler = {key: int(want[key]) for key in ("cpu_shares", "vcpu_quota") if want[key] is not None}
+    return {"vcpu_pins": {str(i): format_cpulist(cpus) for i, cpus in enumerate(want["vcpu_pins"])},
+            "emulator_pin": format_cpulist(want["emulator"]), "iothreads": format_cpulist(want["iothreads"]),
+            "scheduler": scheduler}
 
 
 def placement_changes(current, desired):
@@ -191,6 +211,9 @@ def placement_changes(current, desired):
     have = current.get("emulator_pin")
     if have is None or parse_cpulist(have) != parse_cpulist(desired["emulator_pin"]):
         changes["emulator"] = (have, desired["emulator_pin"])
+    for thread, cpus in sorted((current.get("iothread_pins") or {}).items()):
+        if desired.get("iothreads") and parse_cpulist(cpus) != parse_cpulist(desired["iothreads"]):
+            changes["iothread %s" % thread] = (cpus, desired["iothreads"])
     if current.get("scheduler") is None:
         return changes  # the node cannot have scheduler parameters; see scheduler_unsupported()
     for key, value in sorted(desired["scheduler"].items()):
@@ -327,71 +350,17 @@ def guest_needs_from_xml(xml_text):
     }
 
 
-_UNITS = {"b": 1.0 / 1024, "bytes": 1.0 / 1024, "k": 1, "kib": 1, "kb": 1000.0 / 1024, "m": 1024,
-          "mib": 1024, "mb": 1000.0 * 1000 / 1024, "g": 1024 * 1024, "gib": 1024 * 1024}
-
-
 def _to_kib(value, unit):
-    return int(value * _UNITS.get((unit or "KiB").lower(), 1))
+    """A libvirt size with its unit in KiB (libvirt's units, as the domain XML model reads them)."""
+    return int(round(value * LIBVIRT_UNITS.get((unit or "KiB").lower(), 1)))
 
 
 # --------------------------------------------------------------------------------- libvirt
 
 
-def domain_presence(libvirt, conn, name):
-    """None, or active/persistent/uuid/managed_save/state of the domain ``name`` on ``conn``."""
-    try:
-        dom = conn.lookupByName(name)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-            return None
-        raise
-    state, reason = dom.state()
-    return {
-        "dom": dom,
-        "active": bool(dom.isActive()),
-        "persistent": bool(dom.isPersistent()),
-        "uuid": dom.UUIDString(),
-        "managed_save": bool(dom.hasManagedSaveImage(0)),
-        "state": state,
-        "reason": reason,
-    }
-
-
 def host_uuid(conn):
     """The host UUID in libvirt's capabilities (migration refuses equal source and destination UUIDs)."""
     return ElementTree.fromstring(conn.getCapabilities()).findtext("host/uuid")
-
-
-def read_destination(libvirt, conn, pool=None):
-    """Free memory, pool CPUs and vCPUs already running, as the destination's libvirtd reports them.
-
-    The pool is ``pool`` when the caller knows it (node_info of the destination, layout.pool);
-    otherwise every online CPU libvirt reports, which is the pool of a node that was never carved
-    into partitions.
-    """
-    online = cpumap_to_set(conn.getCPUMap()[1])
-    pool_cpus = (parse_cpulist(pool) & online) if pool is not None else online
-    active_vcpus = 0
-    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-        active_vcpus += dom.info()[3]
-    free_hugepages = {}
-    try:
-        for size_kb in (2048, 1048576):
-            cells = conn.getFreePages([size_kb], -1, 1, 0) or {}
-            free_hugepages[size_kb] = sum(cell.get(size_kb, 0) for cell in cells.values())
-    except libvirt.libvirtError:
-        pass
-    return {
-        "hostname": conn.getHostname(),
-        "uri": conn.getURI(),
-        "free_memory_kb": conn.getFreeMemory() // 1024,
-        "pool": pool_cpus,
-        "pool_source": "option" if pool is not None else "online_cpus",
-        "online": online,
-        "active_vcpus": active_vcpus,
-        "free_hugepages": free_hugepages,
-    }
 
 
 def read_placement(libvirt, dom):
@@ -402,6 +371,11 @@ def read_placement(libvirt, dom):
         "vcpu_pins": {str(i): format_cpulist(cpumap_to_set(m)) for i, m in enumerate(pins)},
         "emulator_pin": format_cpulist(cpumap_to_set(dom.emulatorPinInfo(live))),
     }
+    try:
+        current["iothread_pins"] = {str(info[0]): format_cpulist(cpumap_to_set(info[1]))
+                                    for info in dom.ioThreadInfo(live)}
+    except libvirt.libvirtError:
+        current["iothread_pins"] = {}
     try:
         current["scheduler"] = dom.schedulerParametersFlags(live)
     except libvirt.libvirtError:
@@ -427,6 +401,8 @@ def apply_placement(libvirt, dom, desired, changes):
             dom.pinVcpuFlags(vcpu, cpumap, flags)
         elif what == "emulator":
             dom.pinEmulator(set_to_cpumap(parse_cpulist(desired["emulator_pin"]), nr_cpus), both)
+        elif what.startswith("iothread "):
+            dom.pinIOThread(int(what.split()[1]), set_to_cpumap(parse_cpulist(desired["iothreads"]), nr_cpus), both)
     scheduler = {k: v for k, v in desired["scheduler"].items() if k in changes}
     if scheduler:
         # One call per definition: the Python binding reads the parameter types first, and that
@@ -571,9 +547,350 @@ def _where_after_failure(libvirt, dom):
         return "unknown"
 
 
+# --------------------------------------------------------------------------------- the migrate module
+
+PLACEMENT_FIELDS = ("cpu_shares", "vcpu_quota")
+_NON_NEGATIVE = ("bandwidth", "bandwidth_postcopy", "max_downtime_ms", "postcopy_after_iterations",
+                 "postcopy_after_ms", "postcopy_recover_attempts", "timeout", "reserve_memory_mb")
+_GUEST_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+# Where a failed migration left the guest, in words.
+_WHERE = {"source": "it is still running on the source %s",
+          "postcopy_failed": "it is paused in a failed post-copy on both nodes",
+          "nowhere": "it is no longer running on the source",
+          "unknown": "its state on the source could not be read"}
+
+
+class MigrationRequestError(MigrationError):
+    """The module's options are wrong; nothing was read or changed."""
+
+
+def validate(params):
+    """Refuse bad options, naming the option and why."""
+    if not _GUEST_NAME.fullmatch(params["name"] or ""):
+        raise MigrationRequestError("name: %r is not a guest name (letters, digits, '_.+-', at most 128)"
+                                    % params["name"])
+    for key in _NON_NEGATIVE:
+        if params[key] < 0:
+            raise MigrationRequestError("%s: must be 0 or more, not %d" % (key, params[key]))
+    if params["vcpu_overcommit"] < 0:
+        raise MigrationRequestError("vcpu_overcommit: must be 0 (no limit) or more, not %g" % params["vcpu_overcommit"])
+    if params["dest_pool"] is not None:
+        try:
+            parse_cpulist(params["dest_pool"])
+        except ValueError as exc:
+            raise MigrationRequestError("dest_pool: %s" % exc)
+    if params["disks"] == "shared" and (params["copy_disks"] or params["disks_uri"]):
+        raise MigrationRequestError("copy_disks/disks_uri: only with disks=copy or disks=copy_incremental")
+    if params["migrate_uri"] and params["socket_dir"]:
+        raise MigrationRequestError("migrate_uri/socket_dir: give one of them, not both")
+    try:
+        _placement.normalise_request(0, {"name": params["name"], "placement": "shared",
+                                         "cpu_shares": params["cpu_shares"], "vcpu_quota": params["vcpu_quota"]})
+    except _placement.PlacementError as exc:
+        raise MigrationRequestError(str(exc).replace("guests[0].", "", 1))
+
+
+def remote_node(libvirt, conn, pool=None, timings=None):
+    """The destination as a ``NodeState``, from what its libvirtd reports (its own sysfs and cgroups
+    are not readable from the source): pool ``pool`` (the destination's node_info ``layout.pool``),
+    else every online CPU, which is the pool and housekeeping of a node never carved."""
+    online = cpumap_to_set(conn.getCPUMap()[1])
+    pool_cpus = (parse_cpulist(pool) & online) if pool is not None else online
+    layout = {"housekeeping": format_cpulist(online) if pool is None else "", "pool": format_cpulist(pool_cpus),
+              "partitions": [], "unassigned": "", "source": "option" if pool is not None else "online_cpus"}
+    node = NodeState(None, None, None, layout, {"name": None, "source": "unknown", "recorded_at": None},
+                     conn=conn, ncpus=conn.getCPUMap()[0], timings=timings)
+    node.read_guests(libvirt)
+    return node
+
+
+def read_nodes(libvirt, source_conn, dest_conn, params, timings):
+    """Both nodes, read once: (source NodeState, destination NodeState, facts of the two daemons)."""
+    source = NodeState.read(conn=source_conn, libvirt=libvirt, timings=timings)
+    with timings.measure("read"):
+        dest = remote_node(libvirt, dest_conn, params["dest_pool"], timings)
+        free_hugepages = {}
+        try:
+            for size_kb in (2048, 1048576):
+                cells = dest_conn.getFreePages([size_kb], -1, 1, 0) or {}
+                free_hugepages[size_kb] = sum(cell.get(size_kb, 0) for cell in cells.values())
+        except libvirt.libvirtError:
+            pass
+        facts = {
+            "source": {"uri": source_conn.getURI(), "hostname": source_conn.getHostname(),
+                       "host_uuid": host_uuid(source_conn)},
+            "destination": {"uri": dest_conn.getURI(), "hostname": dest_conn.getHostname(),
+                            "host_uuid": host_uuid(dest_conn), "free_memory_kb": dest_conn.getFreeMemory() // 1024,
+                            "free_hugepages": free_hugepages},
+            "need": None,
+        }
+        dom = source.domains.get(params["name"])
+        if dom is not None:
+            facts["need"] = guest_needs_from_xml(dom.XMLDesc(0))
+    return source, dest, facts
+
+
+def capacity_of(dest, facts):
+    """What ``check_capacity`` needs of the destination."""
+    return {"free_memory_kb": facts["destination"]["free_memory_kb"], "pool": dest.pool,
+            "free_hugepages": facts["destination"]["free_hugepages"],
+            "active_vcpus": sum(g["vcpus"]["current"] for g in dest.guests if g.get("active"))}
+
+
+def guest_view(guest):
+    """What ``--diff`` shows of a guest on one node: None when it is not there."""
+    if guest is None:
+        return None
+    scheduler = {k: guest["scheduler"][k] for k in PLACEMENT_FIELDS if k in (guest.get("scheduler") or {})}
+    return {"state": guest["state"], "persistent": guest["persistent"],
+            "placement": {"vcpu_pins": dict(guest["vcpu_pins"]), "emulator_pin": guest["emulator_pin"],
+                          "scheduler": scheduler}}
+
+
+def _current_placement(guest):
+    return {"vcpu_pins": dict(guest["vcpu_pins"]), "emulator_pin": guest["emulator_pin"],
+            "iothread_pins": dict(guest.get("iothread_pins") or {}), "scheduler": guest.get("scheduler") or None}
+
+
+def migration_record(metadata, facts):
+    """hpcvirt ``migration`` element: last hop, and the guest's home (kept from the first hop)."""
+    previous = metadata.get("migration", {})
+    source, dest = facts["source"], facts["destination"]
+    return {"from_host": source["hostname"], "from_uri": source["uri"], "to_host": dest["hostname"],
+            "to_uri": dest["uri"], "at": now_iso(),
+            "home_host": previous.get("home_host") or source["hostname"],
+            "home_uri": previous.get("home_uri") or source["uri"]}
+
+
+def metadata_after_move(metadata, facts, desired, moving=True):
+    """The guest's hpcvirt metadata on the destination: the hop recorded (unless it already names
+    the destination and the guest is not moving now), and the shared placement when applied (its
+    scheduler parameters too, so that the next hop applies them again)."""
+    data = dict(metadata)
+    if moving or (metadata.get("migration") or {}).get("to_host") != facts["destination"]["hostname"]:
+        data["migration"] = migration_record(metadata, facts)
+    if desired:
+        placement = dict(data.get("placement", {}))
+        placement["mode"] = "shared"
+        placement.pop("partition", None)
+        placement.update({key: str(value) for key, value in desired["scheduler"].items()})
+        data["placement"] = placement
+    return data
+
+
+def _plan_arrival(plan, report, guest, facts, desired, moving, placement_of):
+    """PLACE (when the placement differs) and RECORD (when the metadata does) on the destination."""
+    name = report["name"]
+    if desired is not None:
+        current = placement_of
+        changes = placement_changes(current, desired) if current is not None else {"all": (None, desired)}
+        report["placement"]["changes"] = {k: list(v) for k, v in changes.items() if k != "all"}
+        if current is not None:
+            note = scheduler_unsupported(current, desired)
+            if note:
+                report["warnings"].append(note)
+        if changes:
+            plan.add(PLACE, name, before=current, after=desired, node=facts["destination"]["hostname"])
+    metadata = guest.get("hpcvirt") or {}
+    wanted = metadata_after_move(metadata, facts, desired, moving)
+    if wanted != metadata:
+        plan.add(RECORD, name, before={k: metadata.get(k) for k in ("migration", "placement")},
+                 after={k: wanted.get(k) for k in ("migration", "placement")}, metadata=wanted,
+                 node=facts["destination"]["hostname"])
+
+
+def plan_migration(source, dest, facts, params):
+    """(plan, report) of moving ``params['name']`` from ``source`` to ``dest`` (NodeStates).
+
+    Raises MigrationError (nothing changed) when it cannot be done: the guest is nowhere or twice,
+    the destination is the source, or it cannot take the guest.
+    """
+    name = params["name"]
+    here, there = source.guest(name), dest.guest(name)
+    report = {"name": name, "action": None, "capacity_problems": [], "placement": {}, "warnings": [],
+              "source": {k: facts["source"][k] for k in ("uri", "hostname")},
+              "destination": {"uri": facts["destination"]["uri"], "hostname": facts["destination"]["hostname"],
+                              "free_memory_mb": facts["destination"]["free_memory_kb"] // 1024,
+                              "pool": dest.layout["pool"], "pool_source": dest.layout["source"],
+                              "active_vcpus": capacity_of(dest, facts)["active_vcpus"]}}
+    if facts["source"]["host_uuid"] == facts["destination"]["host_uuid"]:
+        raise MigrationError("dest_uri: '%s' is the source node itself (same libvirt host UUID)" % params["dest_uri"],
+                             **report)
+    try:
+        action = locate(here, there)
+    except MigrationError as exc:
+        exc.details.update(report)
+        raise
+    report["action"] = action
+    shared = params["placement"] == "shared"
+    report["before"] = {"source": guest_view(here), "destination": guest_view(there)}
+    plan = Plan()
+    if action in ("migrate", "migrate_offline"):
+        need = facts["need"]
+        report["need"] = {k: v for k, v in need.items() if k != "writable_disks"}
+        if action == "migrate":
+            problems = check_capacity(need, capacity_of(dest, facts), params["reserve_memory_mb"],
+                                      params["vcpu_overcommit"])
+            report["capacity_problems"] = problems
+            if problems:
+                raise MigrationError("dest_uri: %s (%s) cannot take guest '%s': %s; nothing was moved"
+                                     % (facts["destination"]["hostname"], params["dest_uri"], name,
+                                        "; ".join(problems)), **report)
+        elif params["disks"] != "shared":
+            raise MigrationError("disks: a shut-off guest is moved offline (its definition only); its disks must "
+                                 "be shared, not '%s'" % params["disks"], **report)
+        flag_names = migration_flag_names(action, params["disks"], params["unsafe"], params["auto_converge"],
+                                          params["postcopy"], persistent_source=here["persistent"])
+        report["flags"] = flag_names
+        plan.add(MIGRATE, name, before={"node": facts["source"]["hostname"], "state": here["state"]},
+                 after={"node": facts["destination"]["hostname"], "state": here["state"]},
+                 offline=action == "migrate_offline", flags=flag_names,
+                 params=migration_params(name, params["migrate_uri"], params["socket_dir"], params["bandwidth"],
+                                         params["bandwidth_postcopy"], params["disks"],
+                                         params["copy_disks"] or need["writable_disks"], params["disks_uri"]))
+        desired = desired_placement(dest, here, params["cpu_shares"], params["vcpu_quota"]) \
+            if shared and action == "migrate" else None
+        report["placement"] = {"desired": desired, "changes": {}}
+        _plan_arrival(plan, report, here, facts, desired, True, None)
+        arrived = dict(guest_view(here), persistent=True)
+    else:
+        if action == "finish":
+            plan.add(UNDEFINE_SOURCE, name, before={"node": facts["source"]["hostname"], "state": here["state"]},
+                     after=None)
+        desired = desired_placement(dest, there, params["cpu_shares"], params["vcpu_quota"]) if shared else None
+        report["placement"] = {"desired": desired, "changes": {}}
+        _plan_arrival(plan, report, there, facts, desired, False, _current_placement(there))
+        arrived = guest_view(there)
+    if desired is not None:
+        arrived["placement"] = {"vcpu_pins": dict(desired["vcpu_pins"]), "emulator_pin": desired["emulator_pin"],
+                                "scheduler": dict(arrived["placement"]["scheduler"], **desired["scheduler"])}
+    report["after"] = {"source": None, "destination": arrived}
+    return plan, report
+
+
+# -- actions: ``run(ctx, step)``; ctx holds libvirt, source_conn, dest_conn, params, out (result fields)
+
+
+def _run_migrate(ctx, step):
+    libvirt, params = ctx.libvirt, ctx.params
+    dom = ctx.source_conn.lookupByName(step.target)
+    ctx.out["window"] = {"start": time.time()}
+    try:
+        outcome = migrate_guest(
+            libvirt, dom, params["dest_uri"], flags_value(libvirt, step.detail["flags"]), step.detail["params"],
+            max_downtime_ms=0 if step.detail["offline"] else params["max_downtime_ms"], postcopy=params["postcopy"],
+            postcopy_after_iterations=params["postcopy_after_iterations"],
+            postcopy_after_ms=params["postcopy_after_ms"], timeout_ms=params["timeout"] * 1000,
+            recover_attempts=params["postcopy_recover_attempts"])
+    except MigrationError as exc:
+        ctx.out["window"]["end"] = time.time()
+        where = _WHERE["source"] % step.before["node"] if exc.guest_on == "source" \
+            else _WHERE.get(exc.guest_on, "it is on %s" % exc.guest_on)
+        raise MigrationError("migrating '%s' to %s failed: %s; %s" % (step.target, params["dest_uri"], exc, where),
+                             guest_on=exc.guest_on, postcopy=exc.detail, window=ctx.out["window"],
+                             changed=exc.guest_on != "source")
+    ctx.out["window"]["end"] = time.time()
+    ctx.out["postcopy"] = outcome
+    if not step.detail["offline"]:
+        raw = ctx.dest_conn.lookupByName(step.target).jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        ctx.out["stats_raw"] = raw
+        ctx.out["stats"] = normalise_job_stats(raw)
+    return outcome
+
+
+def _run_undefine_source(ctx, step):
+    ctx.source_conn.lookupByName(step.target).undefineFlags(ctx.libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+
+
+def _run_place(ctx, step):
+    """Pin the arrived guest as desired: the changes from its live placement now (idempotent)."""
+    dom = ctx.dest_conn.lookupByName(step.target)
+    current = read_placement(ctx.libvirt, dom)
+    changes = placement_changes(current, step.after)
+    apply_placement(ctx.libvirt, dom, step.after, changes)
+    note = scheduler_unsupported(current, step.after)
+    if note and note not in ctx.out["warnings"]:
+        ctx.out["warnings"].append(note)
+    ctx.out["placement_changes"] = {k: list(v) for k, v in changes.items()}
+    return ctx.out["placement_changes"]
+
+
+def _run_record(ctx, step):
+    dom = ctx.dest_conn.lookupByName(step.target)
+    flags = (ctx.libvirt.VIR_DOMAIN_AFFECT_CONFIG if dom.isPersistent() else 0) \
+        | (ctx.libvirt.VIR_DOMAIN_AFFECT_LIVE if dom.isActive() else 0)
+    write_domain_metadata(dom, step.detail["metadata"], flags)
+    ctx.out["metadata"] = step.detail["metadata"]
+
+
+MIGRATE = Action("migrate", _run_migrate, phase="migrate")
+UNDEFINE_SOURCE = Action("undefine_source", _run_undefine_source, phase="undefine_source")
+PLACE = Action("place", _run_place, phase="place")
+RECORD = Action("record", _run_record, phase="record")
+
+
+def converge(libvirt, source_conn, dest_conn, params, check_mode, timings):
+    """The migrate module: validate, read both nodes, plan, execute; the result to return."""
+    validate(params)
+    source, dest, facts = read_nodes(libvirt, source_conn, dest_conn, params, timings)
+    plan, report = plan_migration(source, dest, facts, params)
+    result = dict(report, changed=plan.changed, plan=plan.to_list(),
+                  diff={"before": report.pop("before"), "after": report.pop("after"),
+                        "before_header": "guest %s" % params["name"], "after_header": "guest %s" % params["name"]})
+    result.pop("before", None)
+    result.pop("after", None)
+    ctx = Context(libvirt=libvirt, source_conn=source_conn, dest_conn=dest_conn, params=params,
+                  out={"warnings": result["warnings"]})
+    try:
+        execute(plan, ctx, check_mode, timings)
+    except StepFailed as exc:
+        details = {k: v for k, v in result.items() if k not in ("diff", "changed", "plan")}
+        details.update(getattr(exc.error, "details", None) or {})
+        exc.error.details = details
+        raise
+    finally:
+        out = dict(ctx.out)
+        changes = out.pop("placement_changes", None)
+        if changes is not None:
+            result["placement"]["changes"] = changes
+        result.update(out)
+    result["plan"] = plan.to_list()
+    return result
+
+
 # --------------------------------------------------------------------------------- evacuation plans
 # Pure functions over what hpcvirt.regime.node_info returned on each node (one result per
 # inventory host), so that a whole evacuation or restore is planned once, on the controller.
+
+
+class PlanInputError(HpcvirtError, ValueError):
+    """An option of the evacuation or restore planning is wrong; the message names it."""
+
+
+def compile_pattern(pattern, option="pattern"):
+    """The compiled regular expression of ``option`` (None for empty); a bad one names the option."""
+    if not pattern:
+        return None
+    if not isinstance(pattern, str):
+        raise PlanInputError("%s: must be a string (a regular expression), not %s" % (option, type(pattern).__name__))
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise PlanInputError("%s: %r is not a valid regular expression: %s" % (option, pattern, exc))
+
+
+def number_arg(value, option, kind=int):
+    """``kind(value)`` of a filter option, naming the option when it is not a number."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise PlanInputError("%s: must be a number, not %r" % (option, value))
+
+
+def _nodes_arg(value, option):
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise PlanInputError("%s: must be a dict of inventory host -> node_info result" % option)
+    return value
 
 
 def evacuation_candidates(domains, pattern=None, keep=()):
@@ -584,7 +901,7 @@ def evacuation_candidates(domains, pattern=None, keep=()):
     coming regime change drops onto partitions), and whose name matches the regular expression
     ``pattern`` (searched; empty or None matches every name). Returns dicts name, memory_kb, vcpus.
     """
-    matcher = re.compile(pattern) if pattern else None
+    matcher = compile_pattern(pattern) if not hasattr(pattern, "search") else pattern
     chosen = []
     for dom in domains:
         placement = dom.get("placement") or {}
@@ -625,13 +942,23 @@ def plan_evacuation(sources, destinations, strategy="spread", reserve_memory_mb=
     that stay where they are}.
     Raises ValueError for a guest name found on two sources (names must be unique to be moved).
     """
+    _nodes_arg(sources, "_input")
+    _nodes_arg(destinations, "destinations")
+    if strategy not in STRATEGIES:
+        raise PlanInputError("strategy: must be one of %s, not %r" % (", ".join(STRATEGIES), strategy))
+    if reserve_memory_mb < 0 or vcpu_overcommit < 0:
+        raise PlanInputError("reserve_memory_mb/vcpu_overcommit: must be 0 or more")
+    if keep is not None and not isinstance(keep, dict):
+        raise PlanInputError("keep: must be a dict of inventory host -> guest names")
+    pattern = compile_pattern(pattern)
     guests, origin, stay = [], {}, []
     for host in sorted(sources):
         moving = evacuation_candidates(sources[host]["domains"], pattern, (keep or {}).get(host) or ())
         names = set(g["name"] for g in moving)
         for guest in moving:
             if guest["name"] in origin:
-                raise ValueError("guest %s is running on both %s and %s" % (guest["name"], origin[guest["name"]], host))
+                raise PlanInputError("_input: guest %s is running on both %s and %s (names must be unique to be "
+                                     "moved)" % (guest["name"], origin[guest["name"]], host))
             origin[guest["name"]] = host
             guests.append(guest)
         stay.extend({"name": d["name"], "from": host} for d in sources[host]["domains"]
@@ -659,7 +986,8 @@ def plan_restore(nodes, homes, pattern=None):
     was preempted there (managed save image, ``checkpoint state=preempted``) is resumed.
     Returns ``moves`` (name, from, to, pool of the home) and ``resume`` (name, on).
     """
-    matcher = re.compile(pattern) if pattern else None
+    _nodes_arg(nodes, "_input")
+    matcher = compile_pattern(pattern)
     host_of = {nodes[host]["hostname"]: host for host in sorted(nodes)}
     moves, resume = [], []
     for host in sorted(nodes):

@@ -13,6 +13,10 @@ runs any more, draining while jobs still run.
 The pure functions here are unit-tested against recorded lines; ``Scontrol`` runs the command
 through a caller-supplied ``run(argv) -> (rc, stdout, stderr)`` (the module's ``run_command``),
 with argument lists and never a shell.
+
+``plan_node`` makes a plan of typed steps (``DRAIN``, ``REASON``, ``FEATURES``, ``RESUME``) that
+``_plan.execute`` carries out with a context holding the ``Scontrol``; ``converge`` is the whole
+module: read the node, plan, refuse what must not happen, execute, wait, read it again.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from __future__ import annotations
 import re
 import time
 
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Context, Plan, StepFailed, Timings, execute
+from ansible_collections.hpcvirt.regime.plugins.module_utils._state import to_int as _int
 
 # A field starts where a space is followed by a capitalised word and "=".
 _FIELD_START = re.compile(r"(?:^|(?<=\s))([A-Z][A-Za-z0-9_]*)=")
@@ -29,10 +35,20 @@ NULL_VALUES = ("(null)", "")
 BUSY_STATES = ("ALLOCATED", "MIXED", "COMPLETING")
 
 
-class SlurmError(Exception):
-    """scontrol failed; ``kind`` says how (for tests and messages)."""
+class SlurmError(HpcvirtError):
+    """scontrol failed; ``kind`` says how (for tests and messages, returned as ``error``)."""
 
     kind = "scontrol"
+
+    def __init__(self, msg, **details):
+        details.setdefault("error", self.kind)
+        super().__init__(msg, **details)
+
+
+class SlurmRequestError(SlurmError):
+    """What the module was asked would be wrong on this node (nothing was changed)."""
+
+    kind = "request"
 
 
 class ScontrolMissing(SlurmError):
@@ -122,13 +138,6 @@ def parse_state(value):
         "busy": busy,
         "summary": summary,
     }
-
-
-def _int(value):
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def node_from_fields(fields):
@@ -233,56 +242,119 @@ def scoped_features(current, wanted, managed=None):
     return kept + list(dict.fromkeys(wanted))
 
 
+def _run_drain(ctx, step):
+    """Drain the node (or change the reason of a drained one): one ``scontrol update``."""
+    ctx.scontrol.update(step.target, state="drain", reason=step.detail["reason"])
+
+
+def _run_features(ctx, step):
+    """Both feature lists in one update: Slurm checks after each update that the active
+    features are a subset of the available ones."""
+    ctx.scontrol.update(step.target, **{key.replace("_", ""): value for key, value in sorted(step.after.items())})
+
+
+def _run_resume(ctx, step):
+    ctx.scontrol.update(step.target, state="resume")
+
+
+DRAIN = Action("drain", _run_drain, phase="drain")
+REASON = Action("reason", _run_drain, phase="drain")
+FEATURES = Action("features", _run_features, phase="features")
+RESUME = Action("resume", _run_resume, phase="resume")
+
+
 def plan_node(node, state=None, reason=None, available_features=None, active_features=None, managed=None):
     """Steps that take ``node`` (as parsed) to the desired drain state, reason and features.
 
     Draining comes first and resuming last, so the node never takes a job with features that are
-    about to change.
+    about to change. The feature lists that differ are one ``FEATURES`` step (before/after: the
+    lists, comma-separated, keyed ``available_features`` / ``active_features``).
     """
     name = node["name"]
     available_features = scoped_features(node["available_features"], available_features, managed)
     active_features = scoped_features(node["active_features"], active_features, managed)
-    drain, features, resume = Plan(), Plan(), Plan()
+    plan = Plan()
     if state == "drained":
         if not node["drain"]:
-            drain.add("drain", name, node["summary"], "drain", reason=reason)
+            plan.add(DRAIN, name, node["summary"], "drain", reason=reason)
         elif node["reason"] != reason:
-            drain.add("reason", name, node["reason"], reason)
-    elif state == "resumed" and (node["drain"] or node["base_state"] == "DOWN"):
-        resume.add("resume", name, node["summary"], "resume")
-    if available_features is not None and not same_features(node["available_features"], available_features):
-        features.add("available_features", name, ",".join(node["available_features"]), ",".join(available_features))
-    if active_features is not None and not same_features(node["active_features"], active_features):
-        features.add("active_features", name, ",".join(node["active_features"]), ",".join(active_features))
-    plan = Plan()
-    plan.extend(drain)
-    plan.extend(features)
-    plan.extend(resume)
+            plan.add(REASON, name, node["reason"], reason, reason=reason)
+    before, after = {}, {}
+    for key, wanted in (("available_features", available_features), ("active_features", active_features)):
+        if wanted is not None and not same_features(node[key], wanted):
+            before[key], after[key] = ",".join(node[key]), ",".join(wanted)
+    if after:
+        plan.add(FEATURES, name, before, after)
+    if state == "resumed" and (node["drain"] or node["base_state"] == "DOWN"):
+        plan.add(RESUME, name, node["summary"], "resume")
     return plan
 
 
-def apply_plan(scontrol, plan, timings):
-    """Run the planned steps in order; feature steps go in one update, as Slurm checks that the
-    active features are a subset of the available ones after each update."""
-    steps = list(plan)
-    index = 0
-    while index < len(steps):
-        step = steps[index]
-        if step.action in ("drain", "reason"):
-            reason = step.detail.get("reason") if step.action == "drain" else step.after
-            with timings.measure("drain"):
-                scontrol.update(step.target, state="drain", reason=reason)
-        elif step.action == "resume":
-            with timings.measure("resume"):
-                scontrol.update(step.target, state="resume")
-        elif step.action in ("available_features", "active_features"):
-            settings = {}
-            while index < len(steps) and steps[index].action in ("available_features", "active_features"):
-                settings[steps[index].action.name.replace("_", "")] = steps[index].after
-                index += 1
-            with timings.measure("features"):
-                scontrol.update(step.target, **settings)
+def check_plan(node, plan):
+    """Refuse what must not happen: resuming a node Slurm cannot vouch for, impossible features."""
+    if plan.of(RESUME) and (not node["responding"] or node["base_state"] == "UNKNOWN"):
+        raise SlurmRequestError(
+            "state: refusing to resume node '%s': its state is %s (%s); Slurm does not know whether it is "
+            "healthy" % (node["name"], node["state"], "not responding" if not node["responding"] else "unknown"),
+            node=node)
+    for step in plan.of(FEATURES):
+        if "active_features" not in step.after:
             continue
-        else:
-            raise ValueError("unknown step %s" % step.action)
-        index += 1
+        available = step.after.get("available_features")
+        available = available.split(",") if available is not None else node["available_features"]
+        missing = sorted(set(step.after["active_features"].split(",")) - set(available) - {""})
+        if missing:
+            raise SlurmRequestError("active_features: %s not among the available features of node '%s' (%s)"
+                                    % (", ".join(missing), node["name"], ", ".join(available) or "none"), node=node)
+
+
+def features_slurm_kept(plan, node):
+    """Active features Slurm kept although the plan asked them away."""
+    for step in plan.of(FEATURES):
+        if "active_features" in step.after:
+            return sorted(set(node["active_features"]) - set(filter(None, step.after["active_features"].split(","))))
+    return []
+
+
+def converge(scontrol, params, check_mode=False, warn=None):
+    """The slurm_node module: the result (``changed``, ``before``, ``node``, ``plan``, ``diff``, ...)."""
+    name = params["name"]
+    if params.get("reason") is not None and not params["reason"].strip():
+        raise SlurmRequestError("reason: must not be empty; Slurm requires a reason to drain a node")
+    if params.get("timeout", 0) < 0:
+        raise SlurmRequestError("timeout: must be 0 or more seconds, got %d" % params["timeout"])
+    timings = Timings()
+    try:
+        with timings.measure("read"):
+            before = scontrol.show_node(name)
+    except UnknownNode as exc:
+        raise UnknownNode("name: %s" % exc)
+    reason = params["reason"].strip() if params.get("state") == "drained" else None
+    plan = plan_node(before, params.get("state"), reason, params.get("available_features"),
+                     params.get("active_features"), params.get("managed_features"))
+    check_plan(before, plan)
+    result = dict(changed=plan.changed, before=before, node=before, plan=plan.to_list(), waited=False,
+                  diff=plan.diff(header="slurm node %s" % name), timings=timings.ms)
+    try:
+        execute(plan, Context(scontrol=scontrol), check_mode, timings)
+    except StepFailed as exc:
+        exc.error.details.update(before=before, timings=timings.to_dict())
+        raise
+    if check_mode:
+        return result
+    result["plan"] = plan.to_list()
+    try:
+        if params.get("state") == "drained" and params.get("wait"):
+            result["waited"] = True
+            with timings.measure("wait"):
+                scontrol.wait_idle(name, params["timeout"])
+        with timings.measure("read"):
+            result["node"] = scontrol.show_node(name)
+    except SlurmError as exc:
+        exc.details.update({k: v for k, v in result.items() if k != "diff"})
+        raise
+    kept = features_slurm_kept(plan, result["node"])
+    if kept and warn is not None:
+        warn("Slurm kept active features %s on node '%s' (its node_features plugin keeps features it does not "
+             "manage); use managed_features to leave such features alone" % (", ".join(kept), name))
+    return result

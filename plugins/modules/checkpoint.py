@@ -30,7 +30,7 @@ attributes:
     description: Returns the plan; changes nothing.
   diff_mode:
     support: full
-    description: The plan as before/after.
+    description: The guest before and after (state, managed save image, snapshots, checkpoint record).
 options:
   name:
     description: Name of the guest (libvirt domain).
@@ -46,7 +46,10 @@ options:
     choices: [preempted, resumed, present, absent, reverted]
     required: true
   snapshot:
-    description: Name of the snapshot; required with O(state=present), C(absent) and C(reverted).
+    description:
+      - Name of the snapshot; required with O(state=present), C(absent) and C(reverted).
+      - 1 to 64 letters, digits, C(.), C(_) or C(-), starting with a letter or digit (it becomes part
+        of the snapshot's file names).
     type: str
   snapshot_dir:
     description: Directory for a new snapshot's overlays and memory file; default the directory of the guest's first disk.
@@ -133,15 +136,12 @@ timings:
   type: dict
 """
 
-import os
-
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _checkpoint as ck
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan, Timings
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import module_main
 
 
-def main():
+def argument_spec():
     spec = lv.libvirt_argument_spec()
     spec.update(
         name=dict(type="str", required=True),
@@ -153,80 +153,17 @@ def main():
         reason=dict(type="str"),
         force=dict(type="bool", default=False),
     )
-    module = AnsibleModule(
-        argument_spec=spec, supports_check_mode=True,
-        required_if=[("state", s, ("snapshot",)) for s in ck.SNAPSHOT_STATES],
-    )
-    lv.require_libraries(module, need_lxml=False)
-    libvirt = lv.libvirt
-    p = module.params
-    name = p["name"]
-    if p["snapshot"] is not None and ("/" in p["snapshot"] or not p["snapshot"].strip()):
-        module.fail_json(msg="snapshot: '%s' is not a usable snapshot name (no '/', not empty)" % p["snapshot"])
-    timings = Timings()
+    return spec
+
+
+@module_main(argument_spec, supports_check_mode=True,
+             required_if=[("state", s, ("snapshot",)) for s in ck.SNAPSHOT_STATES])
+def main(module):
     conn = lv.open_connection(module)
-    with lv.libvirt_errors(module, "reading guest '%s'" % name):
-        dom = lv.find_domain(conn, name)
-        if dom is None:
-            module.fail_json(msg="name: no guest '%s' on %s" % (name, conn.getURI()))
-        guest = ck.observe(libvirt, dom)
-    plan = Plan()
-    try:
-        ck.plan_checkpoint(plan, guest, p["state"], p["snapshot"], p["force"])
-    except ck.CheckpointError as exc:
-        module.fail_json(msg=str(exc), guest=public(guest))
-    result = dict(changed=plan.changed, plan=plan.to_list(), checkpoint=guest["checkpoint"])
-    if module._diff:
-        result["diff"] = plan.diff("guest %s" % name)
-    if module.check_mode or not plan:
-        module.exit_json(guest=public(guest), timings=timings.to_dict(), **result)
-
-    step = plan.steps[0]
-    record = ck.checkpoint_record(guest["checkpoint"], step.action, p["reason"], p["snapshot"])
-    metadata = guest["metadata"]
-    with lv.libvirt_errors(module, "%s of '%s'" % (step.action, name)), timings.measure(step.action):
-        try:
-            if step.action == "preempt":
-                # Recorded first, live and persistent: the saved image then carries it too.
-                previous = guest["metadata"]
-                metadata = ck.record(libvirt, dom, metadata, record)
-                try:
-                    dom.managedSave(0)
-                except libvirt.libvirtError:
-                    ck.record(libvirt, dom, previous, previous.get("checkpoint", {}))  # it still runs
-                    raise
-            elif step.action == "resume":
-                dom.create()
-                metadata = ck.record(libvirt, dom, metadata, record)
-            elif step.action == "snapshot":
-                directory = p["snapshot_dir"] or default_snapshot_dir(dom)
-                result["files"] = ck.create_snapshot(libvirt, dom, p["snapshot"], directory, p["memory"], p["live"],
-                                                     description=p["reason"])
-                metadata = ck.record(libvirt, dom, metadata, record)
-            elif step.action == "delete_snapshot":
-                parsed = ck.delete_snapshot(libvirt, dom, p["snapshot"])
-                result["files"] = {"memory": parsed["memory"], "disks": parsed["overlays"]}
-                metadata = ck.record(libvirt, dom, metadata, record)
-            elif step.action == "revert":
-                result["reverted_by"] = ck.revert_snapshot(libvirt, conn, dom, p["snapshot"])
-                dom = conn.lookupByName(name)
-                metadata = ck.record(libvirt, dom, metadata, record)
-        except ck.CheckpointError as exc:
-            module.fail_json(msg=str(exc), guest=public(guest))
-        after = ck.observe(libvirt, conn.lookupByName(name))
-    result["checkpoint"] = metadata.get("checkpoint", {})
-    module.exit_json(guest=public(after), timings=timings.to_dict(), **result)
-
-
-def public(guest):
-    return {k: v for k, v in guest.items() if k not in ("metadata",)}
-
-
-def default_snapshot_dir(dom):
-    disks = ck.writable_disks(dom.XMLDesc(0))
-    if not disks:
-        return "/var/lib/libvirt/qemu/snapshot"
-    return os.path.dirname(disks[sorted(disks)[0]])
+    result = ck.converge(lv.libvirt, conn, module.params, module.check_mode)
+    if not module._diff:
+        result.pop("diff")
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

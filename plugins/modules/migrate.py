@@ -17,8 +17,10 @@ description:
     or free hugepages for a hugepage-backed guest, and shared pool CPUs within the vCPU
     overcommit); otherwise the module fails and nothing changes. Check mode performs exactly this
     verification and reports the plan.
-  - On arrival the guest gets the destination's shared placement (O(placement=shared)) - every vCPU
-    and the emulator threads float over the destination's pool CPUs, and C(cpu_shares) /
+  - On arrival the guest gets the destination's shared placement (O(placement=shared)), the
+    collection's one placement policy - every vCPU floats over the destination's pool CPUs, the
+    emulator and I/O threads over its housekeeping and pool CPUs (the pool when only O(dest_pool) is
+    known), and C(cpu_shares) /
     C(vcpu_quota) come from the options or from the guest's hpcvirt placement metadata. The
     hpcvirt C(migration) metadata records where the guest came from and its home node.
   - A guest already running on the destination (and not on the source) is no change; a stale
@@ -39,7 +41,9 @@ attributes:
     description: Connects to both nodes, checks the destination's capacity and returns the plan; moves nothing.
   diff_mode:
     support: full
-    description: The plan as before/after (node of the guest, its placement).
+    description:
+      - The guest on each node before and after (absent, or its state, persistence and placement -
+        vCPU pins, emulator pin, scheduler parameters).
 options:
   name:
     description: Name of the guest (libvirt domain).
@@ -208,7 +212,11 @@ action:
   sample: migrate
   choices: [migrate, migrate_offline, finish, arrived]
 plan:
-  description: The steps, in order (migrate, undefine_source, place).
+  description:
+    - The steps, in order (C(migrate), C(undefine_source), C(place), C(record)); C(record) writes the
+      hpcvirt C(migration) and C(placement) metadata on the destination.
+    - A run killed part-way is converged by the next run with the same options (the guest then is
+      on the destination, C(action=arrived), and only the missing steps are planned).
   returned: always
   type: list
   elements: dict
@@ -253,8 +261,12 @@ placement:
   returned: always
   type: dict
 timings:
-  description: Milliseconds per operation (connect, capacity, migrate, stats, place) and wall time.
+  description: Milliseconds per operation (connect, read of both nodes, migrate including the statistics read, undefine_source, place, record).
   returned: always
+  type: dict
+metadata:
+  description: The hpcvirt metadata written on the destination (C(migration) hop and home, C(placement)).
+  returned: when the metadata was written
   type: dict
 window:
   description:
@@ -265,18 +277,10 @@ window:
   sample: {"start": 1732361230.52, "end": 1732361232.11}
 """
 
-import datetime
-import time
-
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _migrate as mg
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import format_cpulist
-from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import (
-    read_domain_metadata,
-    write_domain_metadata,
-)
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan, Timings
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import module_main
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings
 
 
 def argument_spec():
@@ -309,215 +313,18 @@ def argument_spec():
     return spec
 
 
-def validate(module):
-    p = module.params
-    for key in ("bandwidth", "bandwidth_postcopy", "max_downtime_ms", "postcopy_after_iterations",
-                "postcopy_after_ms", "postcopy_recover_attempts", "timeout", "reserve_memory_mb"):
-        if p[key] < 0:
-            module.fail_json(msg="%s: must be 0 or more, not %d" % (key, p[key]))
-    if p["vcpu_overcommit"] < 0:
-        module.fail_json(msg="vcpu_overcommit: must be 0 (no limit) or more, not %g" % p["vcpu_overcommit"])
-    if p["dest_pool"] is not None:
-        try:
-            mg.parse_cpulist(p["dest_pool"])
-        except ValueError as exc:
-            module.fail_json(msg="dest_pool: %s" % exc)
-    if p["disks"] == "shared" and (p["copy_disks"] or p["disks_uri"]):
-        module.fail_json(msg="copy_disks/disks_uri: only with disks=copy or disks=copy_incremental")
-
-
-def node_summary(dest):
-    return {
-        "uri": dest["uri"],
-        "hostname": dest["hostname"],
-        "free_memory_mb": dest["free_memory_kb"] // 1024,
-        "pool": format_cpulist(dest["pool"]),
-        "pool_source": dest["pool_source"],
-        "active_vcpus": dest["active_vcpus"],
-    }
-
-
-def desired_placement(module, metadata, vcpus_max, pool):
-    shares, quota = mg.placement_from_metadata(metadata, module.params["cpu_shares"], module.params["vcpu_quota"])
-    return mg.shared_placement(pool, vcpus_max, shares, quota)
-
-
-def migration_record(metadata, source_conn, dest):
-    """hpcvirt ``migration`` element: last hop, and the guest's home (kept from the first hop)."""
-    previous = metadata.get("migration", {})
-    source_host, source_uri = source_conn.getHostname(), source_conn.getURI()
-    return {
-        "from_host": source_host,
-        "from_uri": source_uri,
-        "to_host": dest["hostname"],
-        "to_uri": dest["uri"],
-        "at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "home_host": previous.get("home_host") or source_host,
-        "home_uri": previous.get("home_uri") or source_uri,
-    }
-
-
-def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    lv.require_libraries(module, need_lxml=False)
-    validate(module)
-    libvirt = lv.libvirt
-    p = module.params
-    name = p["name"]
+@module_main(argument_spec, supports_check_mode=True)
+def main(module):
     timings = Timings()
-    result = dict(changed=False, action=None, plan=[], capacity_problems=[], placement={})
-
     with timings.measure("connect"):
-        source_conn = lv.open_connection(module, p["uri"])
-        dest_conn = lv.open_connection(module, p["dest_uri"])
-    with lv.libvirt_errors(module, "reading guest '%s' on both nodes" % name):
-        source = mg.domain_presence(libvirt, source_conn, name)
-        here = mg.domain_presence(libvirt, dest_conn, name)
-        with timings.measure("capacity"):
-            dest = mg.read_destination(libvirt, dest_conn, p["dest_pool"])
-        result["source"] = {"uri": source_conn.getURI(), "hostname": source_conn.getHostname()}
-        result["destination"] = node_summary(dest)
-        same_node = mg.host_uuid(source_conn) == mg.host_uuid(dest_conn)
-    if same_node:
-        module.fail_json(msg="dest_uri: '%s' is the source node itself (same libvirt host UUID)" % p["dest_uri"],
-                         **result)
-    try:
-        action = mg.locate(source, here)
-    except mg.MigrationError as exc:
-        module.fail_json(msg=str(exc), guest_on=exc.guest_on, **result)
-    result["action"] = action
-
-    plan = Plan()
-    if action in ("migrate", "migrate_offline"):
-        dom = source["dom"]
-        with lv.libvirt_errors(module, "reading guest '%s'" % name):
-            need = mg.guest_needs_from_xml(dom.XMLDesc(0))
-            metadata = read_domain_metadata(dom)
-        result["need"] = {k: v for k, v in need.items() if k != "writable_disks"}
-        if action == "migrate":
-            problems = mg.check_capacity(need, dest, p["reserve_memory_mb"], p["vcpu_overcommit"])
-            result["capacity_problems"] = problems
-            if problems:
-                module.fail_json(msg="dest_uri: %s (%s) cannot take guest '%s': %s; nothing was moved"
-                                 % (dest["hostname"], p["dest_uri"], name, "; ".join(problems)), **result)
-        elif p["disks"] != "shared":
-            module.fail_json(msg="disks: a shut-off guest is moved offline (its definition only); its disks "
-                                 "must be shared, not '%s'" % p["disks"], **result)
-        flag_names = mg.migration_flag_names(action, p["disks"], p["unsafe"], p["auto_converge"], p["postcopy"],
-                                             persistent_source=source["persistent"])
-        params = mg.migration_params(name, p["migrate_uri"], p["socket_dir"], p["bandwidth"], p["bandwidth_postcopy"],
-                                     p["disks"], p["copy_disks"] or need["writable_disks"], p["disks_uri"])
-        result["flags"] = flag_names
-        plan.add("migrate", name, before=result["source"]["hostname"], after=dest["hostname"],
-                 source_uri=result["source"]["uri"], dest_uri=dest["uri"], flags=flag_names, params=params)
-        desired = None
-        if p["placement"] == "shared" and action == "migrate":
-            desired = desired_placement(module, metadata, need["vcpus_max"], dest["pool"])
-            plan.add("place", name, before="source placement", after=desired)
-        result["placement"] = {"desired": desired, "changes": {}}
-    elif action == "finish":
-        plan.add("undefine_source", name, before="defined on %s" % result["source"]["hostname"], after="absent")
-    else:  # arrived: converge its placement only
-        if p["placement"] == "shared":
-            with lv.libvirt_errors(module, "reading the placement of '%s' on the destination" % name):
-                vcpus_max = mg.guest_needs_from_xml(here["dom"].XMLDesc(0))["vcpus_max"]
-                desired = desired_placement(module, read_domain_metadata(here["dom"]), vcpus_max, dest["pool"])
-                current = mg.read_placement(libvirt, here["dom"])
-                changes = mg.placement_changes(current, desired)
-                warn_all(module, [mg.scheduler_unsupported(current, desired)])
-            result["placement"] = {"desired": desired, "changes": {k: list(v) for k, v in changes.items()}}
-            if changes:
-                plan.add("place", name, before={k: v[0] for k, v in changes.items()},
-                         after={k: v[1] for k, v in changes.items()})
-
-    result["plan"] = plan.to_list()
-    result["changed"] = plan.changed
-    if module._diff:
-        result["diff"] = plan.diff("guest %s" % name)
-    if module.check_mode or not plan:
-        result["timings"] = timings.to_dict()
-        module.exit_json(**result)
-
-    if action in ("migrate", "migrate_offline"):
-        migrate_and_place(module, libvirt, source_conn, dest_conn, source, dest, plan, result, timings)
-    elif action == "finish":
-        with lv.libvirt_errors(module, "removing the stale definition of '%s' from the source" % name):
-            source["dom"].undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-    else:
-        with lv.libvirt_errors(module, "placing '%s' on the destination" % name), timings.measure("place"):
-            changes = mg.placement_changes(mg.read_placement(libvirt, here["dom"]), result["placement"]["desired"])
-            mg.apply_placement(libvirt, here["dom"], result["placement"]["desired"], changes)
-    result["timings"] = timings.to_dict()
-    module.exit_json(**result)
-
-
-def warn_all(module, warnings):
-    for warning in warnings:
-        if warning:
-            module.warn(warning)
-
-
-def migrate_and_place(module, libvirt, source_conn, dest_conn, source, dest, plan, result, timings):
-    p = module.params
-    name = p["name"]
-    dom = source["dom"]
-    step = plan.steps[0]
-    flags = mg.flags_value(libvirt, step.detail["flags"])
-    metadata = read_domain_metadata(dom)
-    result["window"] = {"start": time.time()}
-    with timings.measure("migrate"):
-        try:
-            outcome = mg.migrate_guest(
-                libvirt, dom, p["dest_uri"], flags, step.detail["params"],
-                max_downtime_ms=p["max_downtime_ms"] if result["action"] == "migrate" else 0,
-                postcopy=p["postcopy"], postcopy_after_iterations=p["postcopy_after_iterations"],
-                postcopy_after_ms=p["postcopy_after_ms"], timeout_ms=p["timeout"] * 1000,
-                recover_attempts=p["postcopy_recover_attempts"])
-        except mg.MigrationError as exc:
-            result["window"]["end"] = time.time()
-            result["postcopy"] = exc.detail
-            result["changed"] = exc.guest_on != "source"
-            where = {"source": "it is still running on the source %s" % result["source"]["hostname"],
-                     "postcopy_failed": "it is paused in a failed post-copy on both nodes",
-                     "nowhere": "it is no longer running on the source",
-                     "unknown": "its state on the source could not be read"}.get(exc.guest_on, exc.guest_on)
-            module.fail_json(msg="migrating '%s' to %s failed: %s; %s" % (name, p["dest_uri"], exc, where),
-                             guest_on=exc.guest_on, **result)
-    result["window"]["end"] = time.time()
-    result["postcopy"] = outcome
-    with lv.libvirt_errors(module, "reading '%s' on the destination after the migration" % name):
-        arrived = dest_conn.lookupByName(name)
-        if result["action"] == "migrate":
-            with timings.measure("stats"):
-                raw = arrived.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
-            result["stats_raw"] = raw
-            result["stats"] = mg.normalise_job_stats(raw)
-    with lv.libvirt_errors(module, "placing '%s' on the destination" % name), timings.measure("place"):
-        desired = result["placement"].get("desired")
-        if desired:
-            current = mg.read_placement(libvirt, arrived)
-            changes = mg.placement_changes(current, desired)
-            mg.apply_placement(libvirt, arrived, desired, changes)
-            warn_all(module, [mg.scheduler_unsupported(current, desired)])
-            result["placement"]["changes"] = {k: list(v) for k, v in changes.items()}
-        record = metadata_after_move(metadata, source_conn, dest, desired)
-        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG | (libvirt.VIR_DOMAIN_AFFECT_LIVE if arrived.isActive() else 0)
-        write_domain_metadata(arrived, record, flags)
-        result["metadata"] = record
-
-
-def metadata_after_move(metadata, source_conn, dest, desired):
-    """The guest's hpcvirt metadata with the hop recorded, and the shared placement when applied
-    (its scheduler parameters too, so that the next hop applies them again)."""
-    data = dict(metadata)
-    data["migration"] = migration_record(metadata, source_conn, dest)
-    if desired:
-        placement = dict(data.get("placement", {}))
-        placement["mode"] = "shared"
-        placement.pop("partition", None)
-        placement.update({key: str(value) for key, value in desired["scheduler"].items()})
-        data["placement"] = placement
-    return data
+        source_conn = lv.open_connection(module, module.params["uri"])
+        dest_conn = lv.open_connection(module, module.params["dest_uri"])
+    result = mg.converge(lv.libvirt, source_conn, dest_conn, module.params, module.check_mode, timings)
+    for warning in result.pop("warnings"):
+        module.warn(warning)
+    if not module._diff:
+        result.pop("diff")
+    module.exit_json(timings=timings.to_dict(), **result)
 
 
 if __name__ == "__main__":

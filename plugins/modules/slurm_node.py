@@ -191,7 +191,10 @@ before:
   returned: always
   type: dict
 plan:
-  description: The changes, in order (C(drain), C(reason), C(available_features), C(active_features), C(resume)).
+  description:
+    - The changes, in order (C(drain), C(reason), C(features), C(resume)).
+    - A C(features) step holds the feature lists that change, comma-separated, keyed
+      C(available_features) and C(active_features), in its C(before) and C(after).
   returned: always
   type: list
   elements: dict
@@ -209,13 +212,20 @@ timings:
 
 import os
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings
-from ansible_collections.hpcvirt.regime.plugins.module_utils._slurm import (
-    Scontrol,
-    SlurmError,
-    apply_plan,
-    plan_node,
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError, module_main
+from ansible_collections.hpcvirt.regime.plugins.module_utils._slurm import Scontrol, converge
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True, aliases=["nodename"]),
+    state=dict(type="str", choices=["drained", "resumed"]),
+    reason=dict(type="str"),
+    wait=dict(type="bool", default=False),
+    timeout=dict(type="int", default=600),
+    available_features=dict(type="list", elements="str"),
+    active_features=dict(type="list", elements="str"),
+    managed_features=dict(type="list", elements="str"),
+    slurm_conf=dict(type="path"),
+    scontrol=dict(type="str", default="scontrol"),
 )
 
 
@@ -224,11 +234,11 @@ def find_scontrol(module):
     if os.sep in wanted:
         if os.access(wanted, os.X_OK):
             return wanted
-        module.fail_json(msg="scontrol: %s is not an executable file" % wanted)
+        raise HpcvirtError("scontrol: %s is not an executable file" % wanted)
     found = module.get_bin_path(wanted, required=False, opt_dirs=["/usr/sbin", "/usr/local/bin", "/usr/local/sbin"])
     if not found:
-        module.fail_json(msg="scontrol: '%s' was not found on this host; install the Slurm client "
-                             "(Debian: slurm-client) or give its path in the scontrol option" % wanted)
+        raise HpcvirtError("scontrol: '%s' was not found on this host; install the Slurm client (Debian: "
+                           "slurm-client) or give its path in the scontrol option" % wanted)
     return found
 
 
@@ -238,7 +248,7 @@ def make_runner(module):
     if slurm_conf:
         # scontrol retries a missing configuration file for a minute: fail at once instead.
         if not os.path.isfile(slurm_conf):
-            module.fail_json(msg="slurm_conf: %s does not exist or is not a file" % slurm_conf)
+            raise HpcvirtError("slurm_conf: %s does not exist or is not a file" % slurm_conf)
         environ["SLURM_CONF"] = slurm_conf
 
     def run(argv):
@@ -247,92 +257,12 @@ def make_runner(module):
     return Scontrol(run, find_scontrol(module))
 
 
-def check_request(module, node, plan):
-    """Refuse what must not happen: resuming a node Slurm cannot vouch for, impossible features."""
-    if any(step.action == "resume" for step in plan):
-        if not node["responding"] or node["base_state"] == "UNKNOWN":
-            module.fail_json(
-                msg="state: refusing to resume node '%s': its state is %s (%s); Slurm does not know "
-                    "whether it is healthy" % (node["name"], node["state"],
-                                               "not responding" if not node["responding"] else "unknown"),
-                node=node)
-    active = [step.after for step in plan if step.action == "active_features"]
-    if active:
-        available = [step.after for step in plan if step.action == "available_features"]
-        available = available[0].split(",") if available else node["available_features"]
-        missing = sorted(set(active[0].split(",")) - set(available) - {""})
-        if missing:
-            module.fail_json(msg="active_features: %s not among the available features of node '%s' (%s)"
-                                 % (", ".join(missing), node["name"], ", ".join(available) or "none"), node=node)
-
-
-def features_slurm_kept(plan, node):
-    """Active features Slurm kept although the plan asked them away."""
-    for step in plan:
-        if step.action == "active_features":
-            return sorted(set(node["active_features"]) - set(filter(None, step.after.split(","))))
-    return []
-
-
-def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type="str", required=True, aliases=["nodename"]),
-            state=dict(type="str", choices=["drained", "resumed"]),
-            reason=dict(type="str"),
-            wait=dict(type="bool", default=False),
-            timeout=dict(type="int", default=600),
-            available_features=dict(type="list", elements="str"),
-            active_features=dict(type="list", elements="str"),
-            managed_features=dict(type="list", elements="str"),
-            slurm_conf=dict(type="path"),
-            scontrol=dict(type="str", default="scontrol"),
-        ),
-        required_if=[("state", "drained", ["reason"])],
-        supports_check_mode=True,
-    )
-    params = module.params
-    if params["reason"] is not None and not params["reason"].strip():
-        module.fail_json(msg="reason: must not be empty; Slurm requires a reason to drain a node")
-    if params["timeout"] < 0:
-        module.fail_json(msg="timeout: must be 0 or more seconds, got %d" % params["timeout"])
-    name = params["name"]
-    scontrol = make_runner(module)
-    timings = Timings()
-
-    try:
-        with timings.measure("read"):
-            before = scontrol.show_node(name)
-    except SlurmError as exc:
-        module.fail_json(msg="name: %s" % exc if exc.kind == "unknown_node" else str(exc), error=exc.kind)
-
-    reason = params["reason"].strip() if params["state"] == "drained" else None
-    plan = plan_node(before, params["state"], reason, params["available_features"], params["active_features"],
-                     params["managed_features"])
-    check_request(module, before, plan)
-    result = dict(changed=plan.changed, before=before, node=before, plan=plan.to_list(), waited=False)
-    if module._diff:
-        result["diff"] = plan.diff(header="slurm node %s" % name)
-
-    if module.check_mode:
-        module.exit_json(timings=timings.to_dict(), **result)
-
-    try:
-        apply_plan(scontrol, plan, timings)
-        if params["state"] == "drained" and params["wait"]:
-            result["waited"] = True
-            with timings.measure("wait"):
-                scontrol.wait_idle(name, params["timeout"])
-        with timings.measure("read"):
-            result["node"] = scontrol.show_node(name)
-        kept = features_slurm_kept(plan, result["node"])
-        if kept:
-            module.warn("Slurm kept active features %s on node '%s' (its node_features plugin keeps features it "
-                        "does not manage); use managed_features to leave such features alone"
-                        % (", ".join(kept), name))
-    except SlurmError as exc:
-        module.fail_json(msg=str(exc), error=exc.kind, timings=timings.to_dict(), **result)
-    module.exit_json(timings=timings.to_dict(), **result)
+@module_main(ARGUMENT_SPEC, required_if=[("state", "drained", ["reason"])], supports_check_mode=True)
+def main(module):
+    result = converge(make_runner(module), module.params, module.check_mode, warn=module.warn)
+    if not module._diff:
+        result.pop("diff")
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

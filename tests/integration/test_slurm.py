@@ -117,7 +117,8 @@ def test_check_mode_predicts_and_changes_nothing(nodes):
     predicted = run(args, check=True, diff=True)
     assert predicted["changed"]
     assert "State=IDLE " in node_line("node2") and "ActiveFeatures=time_shared " in node_line("node2")
-    assert predicted["diff"]["after"] == {"drain node2": "drain", "active_features node2": "space_shared"}
+    assert predicted["diff"]["after"] == {"drain node2": "drain", "features node2": {"active_features": "space_shared"}}
+    assert predicted["diff"]["before"]["features node2"] == {"active_features": "time_shared"}
     real = run(args)
     assert real["plan"] == predicted["plan"]
     assert "State=IDLE+DRAIN" in node_line("node2") and "ActiveFeatures=space_shared " in node_line("node2")

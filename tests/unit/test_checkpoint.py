@@ -14,7 +14,7 @@ def guest(**over):
 
 
 def actions(g, state, snapshot=None, force=False):
-    return [s.action for s in ck.plan_checkpoint(Plan(), g, state, snapshot, force)]
+    return [s.name for s in ck.plan_checkpoint(Plan(), g, state, snapshot, force)]
 
 
 def test_preempt_and_resume_plans():
@@ -76,5 +76,44 @@ def test_retarget_disks_drops_the_backing_chain():
 
 def test_record_keeps_the_reason():
     rec = ck.checkpoint_record({"reason": "job 1"}, "resume")
-    assert rec["state"] == "resumed" and rec["reason"] == "job 1" and rec["at"].endswith("Z")
+    assert rec["state"] == "resumed" and rec["reason"] == "job 1" and rec["at"].endswith("+00:00")
     assert ck.checkpoint_record({}, "revert", snapshot="s1")["reverted_to"] == "s1"
+
+
+def test_plans_are_typed_steps_of_the_checkpoint_actions():
+    plan = ck.plan_checkpoint(Plan(), guest(), "preempted")
+    assert plan.steps[0].action is ck.PREEMPT and plan.to_list()[0]["action"] == "preempt"
+    plan = ck.plan_checkpoint(Plan(), guest(snapshots=["s1"]), "reverted", "s1")
+    assert plan.steps[0].action is ck.REVERT and plan.steps[0].detail["snapshot"] == "s1"
+
+
+@pytest.mark.parametrize("state,snapshot,over,after", [
+    ("preempted", None, {}, {"state": "shutoff", "managed_save": True, "snapshots": [], "checkpoint": "preempted"}),
+    ("resumed", None, {"active": False, "state": "shutoff", "managed_save": True},
+     {"state": "running", "managed_save": False, "snapshots": [], "checkpoint": "resumed"}),
+    ("present", "s2", {"snapshots": ["s1"]},
+     {"state": "running", "managed_save": False, "snapshots": ["s1", "s2"], "checkpoint": "snapshotted"}),
+    ("absent", "s1", {"snapshots": ["s1"]},
+     {"state": "running", "managed_save": False, "snapshots": [], "checkpoint": "snapshot_deleted"}),
+])
+def test_diff_after_is_the_predicted_state(state, snapshot, over, after):
+    g = guest(**over)
+    plan = ck.plan_checkpoint(Plan(), g, state, snapshot)
+    assert ck.predict(g, plan) == after
+    assert ck.guest_state(g)["snapshots"] == g["snapshots"]
+
+
+def test_nothing_to_do_predicts_the_state_as_it_is():
+    g = guest(checkpoint={"state": "resumed"})
+    assert ck.predict(g, ck.plan_checkpoint(Plan(), g, "resumed")) == ck.guest_state(g)
+
+
+@pytest.mark.parametrize("name", ["a/b", "", " s", "../x", "x" * 65, "-x", "s 1"])
+def test_snapshot_names_that_would_be_bad_file_names_are_refused(name):
+    with pytest.raises(ck.CheckpointError, match="^snapshot: "):
+        ck.check_snapshot_name(name)
+
+
+def test_good_snapshot_names_pass():
+    for name in ("before-upgrade", "s1", "a.b_c"):
+        ck.check_snapshot_name(name)

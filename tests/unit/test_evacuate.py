@@ -89,3 +89,19 @@ def test_restore_plan_reads_only_the_guests_metadata():
     assert plan["resume"] == [{"name": "saved", "on": "a"}]
     assert restore_plan(nodes, ["a"], pattern="^sav") == {"moves": [], "resume": [{"name": "saved", "on": "a"}]}
     assert mg.plan_restore(nodes, ["c"])["resume"] == [{"name": "saved-away", "on": "c"}]
+
+
+@pytest.mark.parametrize("call,words", [
+    (lambda s: evacuation_plan(s, s, pattern="web-("), "evacuation_plan: pattern: 'web-\\(' is not a valid regular"),
+    (lambda s: restore_plan(s, ["a"], pattern="[z-a]"), "restore_plan: pattern: '\\[z-a\\]' is not a valid regular"),
+    (lambda s: evacuation_plan(s, s, strategy="random"), "evacuation_plan: strategy: must be one of spread, pack"),
+    (lambda s: evacuation_plan(s, s, reserve_memory_mb="lots"), "evacuation_plan: reserve_memory_mb: must be a number"),
+    (lambda s: evacuation_plan(s, ["b"]), "evacuation_plan: destinations: must be a dict"),
+    (lambda s: evacuation_plan(s, s, keep=["g1"]), "evacuation_plan: keep: must be a dict"),
+    (lambda s: restore_plan(s, "a"), "restore_plan: homes: must be a list"),
+    (lambda s: evacuation_plan({"a": {"hostname": "a"}}, s), "evacuation_plan: the node_info results are not as"),
+])
+def test_bad_filter_options_are_a_filter_error_naming_the_option(call, words):
+    sources = {"a": node("a", [dom("g1")])}
+    with pytest.raises(AnsibleFilterError, match=words):
+        call(sources)

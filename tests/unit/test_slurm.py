@@ -5,7 +5,7 @@ import os
 import pytest
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _slurm
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Context, StepFailed, execute
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "slurm")
 
@@ -153,10 +153,12 @@ def test_show_node_unknown_node_and_argv():
 def test_plan_drain_then_features_then_resume_order():
     node = node_of(IDLE)
     plan = _slurm.plan_node(node, "drained", "hpcvirt: to space_shared", active_features=["space_shared"])
-    assert [s.action for s in plan] == ["drain", "active_features"]
+    assert [s.action for s in plan] == [_slurm.DRAIN, _slurm.FEATURES]
+    assert plan.steps[1].after == {"active_features": "space_shared"}
     node = node_of(DRAINED)
     plan = _slurm.plan_node(node, "resumed", active_features=["space_shared"])
-    assert [s.action for s in plan] == ["active_features", "resume"]
+    assert [s.action for s in plan] == [_slurm.FEATURES, _slurm.RESUME]
+    assert [s["action"] for s in plan.to_list()] == ["features", "resume"]
 
 
 def test_plan_is_empty_when_nothing_differs():
@@ -168,7 +170,7 @@ def test_plan_is_empty_when_nothing_differs():
 
 def test_plan_changes_reason_of_drained_node():
     plan = _slurm.plan_node(node_of(DRAINED), "drained", "new reason")
-    assert [(s.action, s.after) for s in plan] == [("reason", "new reason")]
+    assert [(s.action, s.after) for s in plan] == [(_slurm.REASON, "new reason")]
 
 
 def test_managed_features_keep_static_ones():
@@ -177,21 +179,21 @@ def test_managed_features_keep_static_ones():
     node = node_of(ODD[0][1])  # ib,space_shared active
     assert not _slurm.plan_node(node, active_features=["space_shared"], managed=["space_shared", "time_shared"])
     plan = _slurm.plan_node(node, active_features=["time_shared"], managed=["space_shared", "time_shared"])
-    assert [s.after for s in plan] == ["ib,time_shared"]
+    assert [s.after for s in plan] == [{"active_features": "ib,time_shared"}]
 
 
 def test_apply_plan_sends_both_feature_lists_in_one_update():
     node = node_of(IDLE)
     plan = _slurm.plan_node(node, "resumed", available_features=["a", "b"], active_features=["b"])
     run = FakeRun()
-    _slurm.apply_plan(_slurm.Scontrol(run), plan, Timings())
-    assert run.calls == [["scontrol", "update", "nodename=node2", "availablefeatures=a,b", "activefeatures=b"]]
+    execute(plan, Context(scontrol=_slurm.Scontrol(run)))
+    assert run.calls == [["scontrol", "update", "nodename=node2", "activefeatures=b", "availablefeatures=a,b"]]
 
 
 def test_drain_reason_is_one_argument():
     plan = _slurm.plan_node(node_of(IDLE), "drained", "a reason; with $(shell) chars")
     run = FakeRun()
-    _slurm.apply_plan(_slurm.Scontrol(run), plan, Timings())
+    execute(plan, Context(scontrol=_slurm.Scontrol(run)))
     assert run.calls == [["scontrol", "update", "nodename=node2", "state=drain",
                           "reason=a reason; with $(shell) chars"]]
 
@@ -207,3 +209,51 @@ def test_wait_idle_returns_when_jobs_end():
     run = FakeRun((0, DRAINING, ""), (0, DRAINED, ""))
     node = _slurm.Scontrol(run).wait_idle("node2", 10, sleep=lambda s: None)
     assert node["summary"] == "drained"
+
+
+PARAMS = dict(name="node2", state=None, reason=None, wait=False, timeout=600, available_features=None,
+              active_features=None, managed_features=None)
+
+
+def test_converge_drains_then_reads_the_node_again():
+    run = FakeRun((0, IDLE, ""), (0, "", ""), (0, DRAINED, ""))
+    result = _slurm.converge(_slurm.Scontrol(run), dict(PARAMS, state="drained", reason="why"))
+    assert result["changed"] and result["node"]["summary"] == "drained" and result["before"]["summary"] == "idle"
+    assert run.calls[1] == ["scontrol", "update", "nodename=node2", "state=drain", "reason=why"]
+    assert "drain" in result["timings"]
+    assert result["diff"]["before"] == {"drain node2": "idle"}
+
+
+def test_converge_in_check_mode_only_reads():
+    run = FakeRun((0, IDLE, ""))
+    result = _slurm.converge(_slurm.Scontrol(run), dict(PARAMS, state="drained", reason="why"), check_mode=True)
+    assert result["changed"] and len(run.calls) == 1 and result["node"] is result["before"]
+
+
+def test_converge_refuses_features_that_are_not_available_and_changes_nothing():
+    run = FakeRun((0, IDLE, ""))
+    with pytest.raises(_slurm.SlurmRequestError, match="active_features: gpu not among"):
+        _slurm.converge(_slurm.Scontrol(run), dict(PARAMS, active_features=["gpu"]))
+    assert len(run.calls) == 1
+
+
+def test_converge_rejects_an_empty_reason_and_a_negative_timeout():
+    with pytest.raises(_slurm.SlurmRequestError, match="^reason:"):
+        _slurm.converge(_slurm.Scontrol(FakeRun()), dict(PARAMS, state="drained", reason="  "))
+    with pytest.raises(_slurm.SlurmRequestError, match="^timeout:"):
+        _slurm.converge(_slurm.Scontrol(FakeRun()), dict(PARAMS, timeout=-1))
+
+
+def test_a_failing_update_names_the_step_and_keeps_the_kind():
+    run = FakeRun((0, IDLE, ""), (1, "", "Unable to contact slurm controller (connect failure)"))
+    with pytest.raises(StepFailed, match="step 1 of 1 \\(drain node2\\): cannot reach slurmctld") as failed:
+        _slurm.converge(_slurm.Scontrol(run), dict(PARAMS, state="drained", reason="why"))
+    assert failed.value.error.details["error"] == "controller_unreachable"
+    assert failed.value.error.details["before"]["summary"] == "idle"
+
+
+def test_unknown_node_names_the_field():
+    run = FakeRun((0, "", ""))
+    with pytest.raises(_slurm.UnknownNode, match="^name: Slurm has no node named 'node2'") as failed:
+        _slurm.converge(_slurm.Scontrol(run), PARAMS)
+    assert failed.value.details["error"] == "unknown_node"
