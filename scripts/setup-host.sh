@@ -5,6 +5,8 @@ packages=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   python3-libvirt python3-lxml python3-netaddr python3-venv python3-dev gcc
   cpio busybox-static e2fsprogs procps iproute2 shellcheck
+  # the static noise probe (tools/noise, make noise and tools/guest/build-image.sh): libc.a
+  libc6-dev
 )
 missing=()
 for pkg in "${packages[@]}"; do
