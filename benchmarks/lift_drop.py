@@ -33,15 +33,9 @@ sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 import testbed  # noqa: E402
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import set_to_cpumap  # noqa: E402
-from ansible_collections.hpcvirt.regime.plugins.module_utils._node import (  # noqa: E402
-    read_guests,
-    read_node_state,
-)
-from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import (  # noqa: E402
-    apply_guest_plan,
-    plan_placements,
-)
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings  # noqa: E402
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _placement  # noqa: E402
+from ansible_collections.hpcvirt.regime.plugins.module_utils._node import NodeState  # noqa: E402
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Context, execute  # noqa: E402
 from conftest import run_module  # noqa: E402
 
 GUEST = "hpcvirt-bench-enclave"
@@ -57,18 +51,11 @@ def percentile(values, pct):
 
 def place_through_module_code(conn, requests):
     """What hpcvirt.regime.placement does, minus Ansible: read, plan, apply; live ms per call."""
-    topology, _cgroups, layout, _regime, _timings = read_node_state()
-    partitions = {p["name"]: p for p in layout["partitions"]}
-    from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import parse_cpulist
-    guests = read_guests(libvirt, conn.listAllDomains(0), partitions, parse_cpulist(layout["pool"]), STATES)
-    planned = plan_placements(layout, guests, requests, topology)
-    ncpus = conn.getCPUMap()[0]
-    total = 0.0
-    for name, (plan, _want) in planned.items():
-        timings = Timings()
-        apply_guest_plan(libvirt, conn.lookupByName(name), plan, "both", ncpus, timings)
-        total += sum(timings.to_dict().values())
-    return total
+    node = NodeState.read(conn=conn, libvirt=libvirt)
+    plan, _results = _placement.plan_module(node, {"guests": requests})
+    execute(plan, Context(libvirt=libvirt, conn=conn, domains=node.domains, ncpus=node.ncpus, affect="both"),
+            False, node.timings)
+    return sum(step.ms for step in plan)
 
 
 def bare_move(dom, vcpu_cpus, emulator_cpus, ncpus):

@@ -5,13 +5,16 @@
 
 Per-CPU interrupts (timer, IPIs) have no /proc/irq directory. Managed interrupts (multi-queue
 MSI-X spread by the kernel) do, but refuse a new affinity with EPERM/EIO: they are reported as
-unmovable and left alone. ``movable`` learns that by writing an IRQ's current affinity back
-unchanged, which moves nothing.
+unmovable and left alone. Nothing here writes to learn that: a refusal met by a real run is
+remembered for the rest of the boot (``remember_unmovable``, in /var/lib/hpcvirt/irq-unmovable.json
+with the kernel's boot id), so the next plan leaves that IRQ out and check mode never writes.
 """
 
 from __future__ import annotations
 
 import os
+
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _state
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
     format_cpulist,
@@ -44,14 +47,28 @@ def read_affinities(root=IRQ_ROOT):
     return found
 
 
-def movable(irq, cpus, root=IRQ_ROOT):
-    """Whether the kernel accepts a new affinity for ``irq`` (probed by rewriting ``cpus``)."""
+UNMOVABLE_FILE = "var/lib/hpcvirt/irq-unmovable.json"
+
+
+def _boot_id(root):
+    return (read_text(root, "proc/sys/kernel/random/boot_id", "") or "").strip()
+
+
+def known_unmovable(root="/"):
+    """IRQs a real run of this boot found refusing a new affinity (read only)."""
     try:
-        with open(affinity_path(irq, root), "w") as handle:
-            handle.write(format_cpulist(cpus))
-        return True
-    except OSError:
-        return False
+        data = _state.read_json(root, UNMOVABLE_FILE)
+    except ValueError:
+        return set()
+    if not isinstance(data, dict) or data.get("boot_id") != _boot_id(root):
+        return set()
+    return {str(irq) for irq in data.get("irqs", []) if str(irq).isdigit()}
+
+
+def remember_unmovable(root, irq):
+    """Record that ``irq`` refused a new affinity on this boot (called by a real run only)."""
+    irqs = known_unmovable(root) | {str(irq)}
+    _state.write_json_atomic(root, UNMOVABLE_FILE, {"boot_id": _boot_id(root), "irqs": sorted(irqs, key=sort_key)})
 
 
 def set_affinity(irq, cpus_text, root=IRQ_ROOT):

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 from ansible.module_utils.basic import missing_required_lib
 
+from ansible_collections.hpcvirt.regime.plugins.module_utils._node import DOMAIN_STATES  # noqa: F401 (re-exported)
+
 try:
     import libvirt
 except ImportError:
@@ -32,10 +34,6 @@ else:
 
 DEFAULT_URI = "qemu:///system"
 
-DOMAIN_STATES = {
-    0: "nostate", 1: "running", 2: "blocked", 3: "paused",
-    4: "shutdown", 5: "shutoff", 6: "crashed", 7: "pmsuspended",
-}
 
 
 def libvirt_argument_spec():

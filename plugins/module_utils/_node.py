@@ -9,6 +9,7 @@ The pure functions (``observe_layout``, ``classify_placement``, ``infer_regime``
 
 from __future__ import annotations
 
+import os
 from xml.etree import ElementTree
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
@@ -17,6 +18,7 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
     parse_cpulist,
 )
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import CgroupError, detect_layout
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
 from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import (
     metadata_from_domain_xml,
 )
@@ -25,38 +27,178 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._state import (
     LAYOUT_FILE,
     REGIME_FILE,
     read_json,
+    to_int as _int,
 )
 from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_topology
 
 
-class NodeStateError(Exception):
+class NodeStateError(HpcvirtError):
     """The node's own files cannot be read as expected; the message says which and why."""
 
 
-def read_node_state(root="/"):
-    """Topology, cgroup layout, CPU layout as found and regime: everything but libvirt.
+class NodeState:
+    """Everything a planner needs to know about a node, read once per module run.
 
-    Returns (topology, cgroups, layout, regime, timings).
+    ``topology`` (CPUs, cores, NUMA nodes, hugepage pools, kernel command line), ``cgroups`` (cgroup
+    mode, cpuset hierarchy, libvirt's machine cgroup, partition cgroups), ``record`` (the layout
+    file as written, honouring the module's ``layout_file``), ``layout`` (housekeeping, pool and
+    partitions as found), ``regime``, and, with a libvirt connection, ``guests`` (every domain with
+    live and persistent pins, placement and hpcvirt intent) and ``domains`` (name -> domain).
+    IRQ affinities and per-NUMA-node hugepages are read on first use. Nothing here writes.
     """
-    timings = Timings()
-    with timings.measure("topology"):
-        topology = read_topology(root)
-    try:
-        with timings.measure("cgroups"):
-            cgroups = detect_layout(root)
-    except CgroupError as exc:
-        raise NodeStateError("cgroup: %s" % exc)
-    try:
-        layout_file = read_json(root, LAYOUT_FILE)
-        recorded = read_json(root, REGIME_FILE)
-    except ValueError as exc:
-        raise NodeStateError(str(exc))
-    layout = observe_layout(topology, cgroups, layout_file)
-    if recorded and recorded.get("regime"):
-        regime = {"name": recorded["regime"], "source": "recorded", "recorded_at": recorded.get("changed_at")}
-    else:
-        regime = {"name": infer_regime(layout), "source": "inferred", "recorded_at": None}
-    return topology, cgroups, layout, regime, timings
+
+    def __init__(self, topology, cgroups, record, layout, regime, guests=None, domains=None, conn=None,
+                 ncpus=None, root="/", layout_file=LAYOUT_FILE, timings=None):
+        self.topology = topology
+        self.cgroups = cgroups
+        self.record = record
+        self.layout = layout
+        self.regime = regime
+        self.guests = guests if guests is not None else []
+        self.domains = domains if domains is not None else {}
+        self.conn = conn
+        self.ncpus = ncpus
+        self.root = root
+        self.layout_file = layout_file
+        self.timings = timings if timings is not None else Timings()
+        self.regime_record = None
+        self._irqs = None
+        self._hugepages = None
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def read(cls, conn=None, root="/", layout_file=None, machine_cgroup=None, libvirt=None, guests=True,
+             require_cpuset=False, timings=None):
+        """Read the node. ``conn`` (an open libvirt connection) adds its guests unless ``guests`` is False."""
+        timings = timings if timings is not None else Timings()
+        layout_file = layout_file or "/" + LAYOUT_FILE
+        with timings.measure("read"):
+            try:
+                topology = read_topology(root)
+            except (OSError, ValueError) as exc:
+                raise NodeStateError("node topology (/sys/devices/system): %s" % exc)
+            try:
+                cgroups = detect_layout(root, machine_name=machine_cgroup)
+            except CgroupError as exc:
+                raise NodeStateError("cgroup: %s" % exc)
+            if require_cpuset and cgroups.cpuset_version is None:
+                raise NodeStateError("cgroup: the cpuset controller is not mounted on this node (neither v1 nor "
+                                     "enabled in the v2 root's cgroup.controllers)")
+            try:
+                record = read_json(root, layout_file.lstrip("/"))
+            except ValueError as exc:
+                raise NodeStateError("layout_file: %s" % exc)
+            if record is not None and not isinstance(record, dict):
+                raise NodeStateError("layout_file: %s does not hold a layout (a JSON object)" % layout_file)
+            try:
+                recorded = read_json(root, REGIME_FILE)
+            except ValueError as exc:
+                raise NodeStateError("regime record: %s; remove it or move the node to a regime again" % exc)
+            layout = observe_layout(topology, cgroups, record)
+            if isinstance(recorded, dict) and recorded.get("regime"):
+                regime = {"name": recorded["regime"], "source": "recorded", "recorded_at": recorded.get("changed_at")}
+            else:
+                regime = {"name": infer_regime(layout), "source": "inferred", "recorded_at": None}
+            node = cls(topology, cgroups, record, layout, regime, conn=conn, root=root, layout_file=layout_file,
+                       timings=timings)
+            node.regime_record = recorded if isinstance(recorded, dict) else None
+            if conn is not None:
+                node.ncpus = conn.getCPUMap()[0]
+                if guests:
+                    node.read_guests(libvirt)
+        return node
+
+    def read_guests(self, libvirt):
+        """Every domain of the connection, as ``read_guest`` reports it."""
+        domains = self.conn.listAllDomains(0)
+        self.guests = read_guests(libvirt, domains, self.partitions, self.pool, DOMAIN_STATES)
+        names = {guest["name"] for guest in self.guests}
+        self.domains = {dom.name(): dom for dom in domains if dom.name() in names}
+        for guest in self.guests:
+            guest.setdefault("hpcvirt", {})
+        return self.guests
+
+    # -- views -----------------------------------------------------------------------------------
+
+    @property
+    def online(self):
+        return self.topology.online
+
+    @property
+    def partitions(self):
+        return {p["name"]: p for p in self.layout["partitions"]}
+
+    @property
+    def pool(self):
+        return parse_cpulist(self.layout["pool"])
+
+    @property
+    def housekeeping(self):
+        return parse_cpulist(self.layout["housekeeping"])
+
+    def guest(self, name):
+        for guest in self.guests:
+            if guest["name"] == name:
+                return guest
+        return None
+
+    def running_pins(self):
+        """Running guest -> its vCPU pin sets (what a partition must not take from under it)."""
+        return {g["name"]: [parse_cpulist(g["vcpu_pins"][str(i)]) for i in range(len(g["vcpu_pins"]))]
+                for g in self.guests if g.get("active")}
+
+    def irqs(self):
+        """IRQ -> CPUs it may be delivered to (read once)."""
+        if self._irqs is None:
+            from ansible_collections.hpcvirt.regime.plugins.module_utils import _irq
+            self._irqs = _irq.read_affinities(os.path.join(self.root, "proc/irq"))
+        return self._irqs
+
+    def hugepages(self):
+        """NUMA node -> {page size kB: pages} (read once)."""
+        if self._hugepages is None:
+            from ansible_collections.hpcvirt.regime.plugins.module_utils import _hugepages
+            self._hugepages = _hugepages.read_node_pools(self.topology)
+        return self._hugepages
+
+    def summary(self):
+        """The plain-data form node_info returns (without guests)."""
+        return {"topology": self.topology.to_dict(), "cgroups": self.cgroups.to_dict(), "layout": self.layout,
+                "regime": self.regime}
+
+
+def node_report(node, lv, domains=None, include_cpus=True):
+    """What node_info returns: the hypervisor, topology, cgroups, layout, guests and regime."""
+    conn = node.conn
+    with node.timings.measure("hypervisor"):
+        hypervisor = {
+            "uri": conn.getURI(),
+            "hypervisor": conn.getType(),
+            "hypervisor_version": lv.version_string(conn.getVersion()),
+            "library_version": lv.version_string(conn.getLibVersion()),
+        }
+        hostname = conn.getHostname()
+    by_name = {guest["name"]: guest for guest in node.guests}
+    names = sorted(by_name) if domains is None else [n for n in domains if n in by_name]
+    topology = node.topology.to_dict()
+    if not include_cpus:
+        topology.pop("cpus")
+    return dict(hostname=hostname, libvirt=hypervisor, topology=topology, cgroup=node.cgroups.to_dict(),
+                layout=node.layout, domains=[by_name[n] for n in names],
+                missing_domains=[n for n in (domains or []) if n not in by_name], regime=node.regime,
+                timings=node.timings.to_dict())
+
+
+def read_node(module, libvirt=None, guests=True, require_cpuset=False, timings=None, root="/"):
+    """``NodeState.read`` with the module's ``uri``, ``layout_file`` and ``machine_cgroup`` options."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
+
+    params = module.params
+    conn = lv.open_connection(module) if "uri" in params else None
+    return NodeState.read(conn=conn, root=root, layout_file=params.get("layout_file"),
+                          machine_cgroup=params.get("machine_cgroup"), libvirt=libvirt or lv.libvirt,
+                          guests=guests, require_cpuset=require_cpuset, timings=timings)
 
 
 def observe_layout(topology, cgroups, layout_file=None):
@@ -134,13 +276,6 @@ def classify_placement(vcpu_pins, partitions, pool):
     return "custom", None
 
 
-def _int(text, default=None):
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return default
-
-
 def parse_domain_xml(xml_text):
     """What the domain XML says about vCPUs, tuning, memory and hpcvirt intent (no libvirt needed)."""
     root = ElementTree.fromstring(xml_text)
@@ -189,7 +324,18 @@ def parse_domain_xml(xml_text):
     }
 
 
-def read_guest(libvirt, dom, partitions, pool, states):
+DOMAIN_STATES = {
+    0: "nostate", 1: "running", 2: "blocked", 3: "paused",
+    4: "shutdown", 5: "shutoff", 6: "crashed", 7: "pmsuspended",
+}
+
+
+def domain_state(dom):
+    """A domain's state by name (``running``, ``shutoff``, ...)."""
+    return DOMAIN_STATES.get(dom.state()[0], "unknown")
+
+
+def read_guest(libvirt, dom, partitions, pool, states=DOMAIN_STATES):
     """One domain's state and placement, live when it runs and from its config when it does not."""
     state, reason = dom.state()
     active = bool(dom.isActive())
@@ -256,7 +402,7 @@ def read_guest(libvirt, dom, partitions, pool, states):
     }
 
 
-def read_guests(libvirt, domains, partitions, pool, states):
+def read_guests(libvirt, domains, partitions, pool, states=DOMAIN_STATES):
     """``read_guest`` for each domain, leaving out those undefined while being read."""
     guests = []
     for dom in domains:

@@ -22,7 +22,9 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
     format_cpulist,
     parse_cpulist,
 )
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Plan
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _state
 from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import parse_size_kb
 
 LAYOUT_VERSION = 1
@@ -53,7 +55,7 @@ def layout_argument_spec():
     )
 
 
-class LayoutError(ValueError):
+class LayoutError(HpcvirtError, ValueError):
     """Bad input: the message starts with the field it is about."""
 
 
@@ -332,16 +334,16 @@ def kernel_args_needed(layout, cmdline):
 # Current state
 
 
-def observe(topology, cgroups, layout_file, guest_pins=None, probe_irqs=False, root="/"):
+def observe(node, guest_pins=None):
     """What the plan starts from: cgroups below the machine cgroup, hugepages, IRQs, the layout file.
 
-    ``probe_irqs`` learns which IRQs refuse a new affinity (by rewriting each one's unchanged
-    affinity), only asked for when IRQ steering is.
+    Reads only (``node`` is the run's ``_node.NodeState``). Which IRQs refuse a new affinity is
+    what earlier runs learned on this boot (``_irq.known_unmovable``); an IRQ never tried is
+    planned, and a refusal is reported by the step and remembered for the next run.
     """
-    irq_root = os.path.join(root, "proc/irq")
-    irqs = _irq.read_affinities(irq_root)
-    unmovable = sorted((irq for irq, cpus in irqs.items() if not _irq.movable(irq, cpus, irq_root)),
-                       key=_irq.sort_key) if probe_irqs else []
+    cgroups = node.cgroups
+    irq_root = os.path.join(node.root, "proc/irq")
+    irqs = node.irqs()
     machine = cgroups.machine
     partitions = {}
     for name, cgroup in sorted(cgroups.partitions().items()):
@@ -357,13 +359,13 @@ def observe(topology, cgroups, layout_file, guest_pins=None, probe_irqs=False, r
         "machine_parent_mems": backend.parent_mems(machine),
         "partitions": partitions,
         "guest_cgroups": guests,
-        "hugepages": _hugepages.read_node_pools(topology),
+        "hugepages": node.hugepages(),
         "irqs": irqs,
-        "irq_unmovable": unmovable,
-        "per_cpu_irqs": _irq.per_cpu_interrupts(root),
-        "root": root,
+        "irq_unmovable": sorted(_irq.known_unmovable(node.root) & set(irqs), key=_irq.sort_key),
+        "per_cpu_irqs": _irq.per_cpu_interrupts(node.root),
+        "root": node.root,
         "irq_root": irq_root,
-        "record": layout_file,
+        "record": node.record,
         "guest_pins": guest_pins or {},
     }
 
@@ -402,15 +404,15 @@ def check_hugepages(targets, current, topology):
                 "%d MiB free" % (node, target - have, size_kb, extra_kb // 1024, free_kb // 1024))
 
 
-def prepare(spec, topology, cgroups, record, guest_pins, root="/"):
-    """Resolve ``spec`` (None: no partitions at all), read the node, and run every guard.
+def prepare(spec, node, guest_pins):
+    """Resolve ``spec`` (None: no partitions at all) against ``node`` and run every guard.
 
     Returns ``(layout, current)``; raises ``LayoutError`` before anything is changed.
     """
-    have = {name: cgroup.cpus for name, cgroup in cgroups.partitions().items()}
+    topology = node.topology
+    have = {name: cgroup.cpus for name, cgroup in node.cgroups.partitions().items()}
     layout = resolve(spec, topology, have) if spec is not None else None
-    current = observe(topology, cgroups, record, guest_pins=guest_pins,
-                      probe_irqs=bool(layout and layout["irq_steering"]), root=root)
+    current = observe(node, guest_pins=guest_pins)
     removing = set(current["partitions"]) - {p["name"] for p in (layout["partitions"] if layout else [])}
     check_running_guests(layout, current, removing)
     for name in sorted(removing):
@@ -473,7 +475,7 @@ def build_plan(layout, current, layout_path, record_extra=None):
                               if machine["exists"] else None)
 
     for (node, size_kb), target in sorted(hugepage_targets(layout, current).items()):
-        plan.add("hugepages", _hugepages.node_path(node, size_kb, current["root"]),
+        plan.add(HUGEPAGES, _hugepages.node_path(node, size_kb, current["root"]),
                  current["hugepages"].get(node, {}).get(size_kb, 0), target, node=node, size_kb=size_kb)
 
     # Machine cgroup: pool and every partition (a guest pinned into a partition must be allowed by
@@ -489,15 +491,15 @@ def build_plan(layout, current, layout_path, record_extra=None):
     final_mems = machine["mems"] | part_mems if machine["exists"] else (part_mems | current["machine_parent_mems"])
     wide_cpus = machine["cpus"] | final_cpus
     if not machine["exists"]:
-        plan.add("cgroup_create", machine["path"], None, "present")
+        plan.add(CGROUP_CREATE, machine["path"], None, "present")
         for key, value in backend.new_cgroup_files(version, final_cpus, final_mems):
-            plan.add("cgroup_write", os.path.join(machine["path"], key), None, value)
+            plan.add(CGROUP_WRITE, os.path.join(machine["path"], key), None, value)
     else:
         if final_mems != machine["mems"]:
-            plan.add("cgroup_write", os.path.join(machine["path"], "cpuset.mems"),
+            plan.add(CGROUP_WRITE, os.path.join(machine["path"], "cpuset.mems"),
                      format_cpulist(machine["mems"]), format_cpulist(final_mems))
         if wide_cpus != machine["cpus"]:
-            plan.add("cgroup_write", os.path.join(machine["path"], "cpuset.cpus"),
+            plan.add(CGROUP_WRITE, os.path.join(machine["path"], "cpuset.cpus"),
                      format_cpulist(machine["cpus"]), format_cpulist(wide_cpus))
 
     # Partitions that change CPUs or go away lose kernel exclusivity first, so that no step meets an
@@ -507,23 +509,23 @@ def build_plan(layout, current, layout_path, record_extra=None):
         want = desired.get(name)
         if want is None or want["cpus"] != part["cpus"] or want["mems"] != part["mems"]:
             for key, before, after in backend.clear_exclusive_writes(version, part):
-                plan.add("cgroup_write", os.path.join(part["path"], key), before, after)
+                plan.add(CGROUP_WRITE, os.path.join(part["path"], key), before, after)
     for name, part in sorted(existing.items()):
         if name not in desired:
-            plan.add("cgroup_remove", part["path"], "present", None, partition=name)
+            plan.add(CGROUP_REMOVE, part["path"], "present", None, partition=name)
 
     for name in [p["name"] for p in (layout["partitions"] if layout else [])]:
         want = desired[name]
         path = os.path.join(machine["path"], partition_cgroup_name(name))
         part = existing.get(name)
         if part is None:
-            plan.add("cgroup_create", path, None, "present", partition=name)
+            plan.add(CGROUP_CREATE, path, None, "present", partition=name)
             for key, value in backend.new_cgroup_files(version, want["cpus"], want["mems"]):
-                plan.add("cgroup_write", os.path.join(path, key), None, value, partition=name)
+                plan.add(CGROUP_WRITE, os.path.join(path, key), None, value, partition=name)
         else:
             # mems before cpus when growing, after when shrinking: either way each write is valid.
             for key, before, after in backend.resize_writes(version, part, want["cpus"], want["mems"]):
-                plan.add("cgroup_write", os.path.join(path, key), before, after, partition=name)
+                plan.add(CGROUP_WRITE, os.path.join(path, key), before, after, partition=name)
 
     exclusivity = {}
     for name in [p["name"] for p in (layout["partitions"] if layout else [])]:
@@ -533,15 +535,15 @@ def build_plan(layout, current, layout_path, record_extra=None):
         writes, report = backend.exclusive_writes(version, current, name, want, part, desired)
         exclusivity[name] = report
         for key, before, after in writes:
-            plan.add("cgroup_write", os.path.join(path, key), before, after, partition=name)
+            plan.add(CGROUP_WRITE, os.path.join(path, key), before, after, partition=name)
 
     if machine["exists"] and final_cpus != wide_cpus:
-        plan.add("cgroup_write", os.path.join(machine["path"], "cpuset.cpus"),
+        plan.add(CGROUP_WRITE, os.path.join(machine["path"], "cpuset.cpus"),
                  format_cpulist(wide_cpus), format_cpulist(final_cpus))
 
     if (layout is None and "machine" in (record.get("restore") or {}) and record["restore"]["machine"] is None
             and machine["exists"] and not current["guest_cgroups"]):
-        plan.add("cgroup_remove", machine["path"], "present", None)
+        plan.add(CGROUP_REMOVE, machine["path"], "present", None)
 
     irq_report = {"steered": [], "unmovable": [], "per_cpu": list(current.get("per_cpu_irqs", []))}
     irq_restore = dict(restore.get("irq_affinity") or {})
@@ -553,7 +555,7 @@ def build_plan(layout, current, layout_path, record_extra=None):
             if irq in current.get("irq_unmovable", ()):
                 irq_report["unmovable"].append(irq)
             else:
-                plan.add("irq_affinity", _irq.affinity_path(irq, current["irq_root"]), format_cpulist(cpus),
+                plan.add(IRQ_AFFINITY, _irq.affinity_path(irq, current["irq_root"]), format_cpulist(cpus),
                          format_cpulist(layout["housekeeping"]), irq=irq)
                 irq_restore.setdefault(irq, format_cpulist(cpus))
                 irq_report["steered"].append(irq)
@@ -561,7 +563,7 @@ def build_plan(layout, current, layout_path, record_extra=None):
         for irq, original in sorted(irq_restore.items(), key=lambda kv: _irq.sort_key(kv[0])):
             cpus = current["irqs"].get(irq)
             if cpus is not None and format_cpulist(cpus) != original:
-                plan.add("irq_affinity", _irq.affinity_path(irq, current["irq_root"]), format_cpulist(cpus), original, irq=irq)
+                plan.add(IRQ_AFFINITY, _irq.affinity_path(irq, current["irq_root"]), format_cpulist(cpus), original, irq=irq)
         irq_restore = {}
 
     if layout:
@@ -570,9 +572,9 @@ def build_plan(layout, current, layout_path, record_extra=None):
         new_record["machine_cgroup"] = machine["path"]
         new_record.update(record_extra or {})
         if new_record != record:
-            plan.add("layout_file", layout_path, record or None, new_record)
+            plan.add(LAYOUT_FILE, layout_path, record or None, new_record)
     elif record:
-        plan.add("layout_file", layout_path, record, None)
+        plan.add(LAYOUT_FILE, layout_path, record, None)
     return plan, {"exclusivity": exclusivity, "irq": irq_report,
                   "machine_cpus": format_cpulist(final_cpus),
                   "machine_held_by_guests": format_cpulist(held_cpus - need_cpus)}
@@ -582,57 +584,126 @@ def build_plan(layout, current, layout_path, record_extra=None):
 # Apply
 
 
-class ApplyError(Exception):
-    def __init__(self, message, done):
-        super().__init__(message)
-        self.done = done
+def _run_hugepages(ctx, step):
+    """Set one pool; a shortfall rolls every hugepage step of this execution back, then fails."""
+    granted = _hugepages.set_pages(step.target, step.after)
+    if granted != step.after:
+        undone = [s for s in ctx.done if s.action is HUGEPAGES] + [step]
+        for earlier in reversed(undone):
+            _hugepages.set_pages(earlier.target, earlier.before)
+        raise backend.BackendError(
+            "asked the kernel for %d pages and it granted %d; rolled the hugepage change back to %s"
+            % (step.after, granted, ", ".join("%s=%d" % (s.target, s.before) for s in undone)))
+    return {"granted": granted}
 
 
-def apply_plan(plan, timings):
-    """Apply steps in order. Hugepages come first: a shortfall rolls the hugepage steps back.
+def _run_irq_affinity(ctx, step):
+    refused = _irq.set_affinity(step.detail["irq"], step.after, os.path.dirname(os.path.dirname(step.target)))
+    if refused:
+        _irq.remember_unmovable(ctx.get("root", "/"), step.detail["irq"])
+        return {"refused": refused}
+    return None
 
-    Returns a report of what the kernel answered (hugepages granted, IRQs it refused).
-    """
-    report = {"hugepages_granted": {}, "irq_refused": {}, "partition_states": {}}
-    done_pages = []
-    for index, step in enumerate(plan):
+
+def _run_layout_file(_ctx, step):
+    if step.after is None:
         try:
-            with timings.measure(step.action):
-                _apply_step(step, report, done_pages)
-        except (backend.BackendError, OSError) as exc:
-            raise ApplyError("step %d (%s %s): %s" % (index + 1, step.action, step.target, exc), index)
+            os.unlink(step.target)
+        except FileNotFoundError:
+            pass
+    else:
+        _state.write_json_atomic("/", step.target.lstrip("/"), step.after)
+
+
+HUGEPAGES = Action("hugepages", _run_hugepages, phase="hugepages")
+CGROUP_CREATE = Action("cgroup_create", lambda _ctx, step: backend.create(step.target), phase="cgroups")
+CGROUP_REMOVE = Action("cgroup_remove", lambda _ctx, step: backend.remove(step.target), phase="cgroups")
+CGROUP_WRITE = Action("cgroup_write", lambda _ctx, step: backend.write_file(step.target, step.after), phase="cgroups")
+IRQ_AFFINITY = Action("irq_affinity", _run_irq_affinity, phase="irqs")
+LAYOUT_FILE = Action("layout_file", _run_layout_file, phase="record")
+ACTIONS = (HUGEPAGES, CGROUP_CREATE, CGROUP_REMOVE, CGROUP_WRITE, IRQ_AFFINITY, LAYOUT_FILE)
+
+
+def applied_report(plan, report):
+    """Fold what the kernel answered during execution (hugepages granted, IRQs refused) into ``report``."""
+    hugepages = {s.target: {"before": s.before, "asked": s.after} for s in plan.of(HUGEPAGES)}
+    for step in plan.of(HUGEPAGES):
+        if step.result:
+            hugepages[step.target]["granted"] = step.result["granted"]
+    for step in plan.of(IRQ_AFFINITY):
+        if step.result and step.result.get("refused"):
+            irq = step.detail["irq"]
+            report["irq"]["steered"] = [i for i in report["irq"]["steered"] if i != irq]
+            report["irq"]["unmovable"].append(irq)
+            report["irq"].setdefault("refused", {})[irq] = step.result["refused"]
+    report["hugepages"] = hugepages
     return report
 
 
-def _apply_step(step, report, done_pages):
-    if step.action == "hugepages":
-        granted = _hugepages.set_pages(step.target, step.after)
-        report["hugepages_granted"][step.target] = granted
-        done_pages.append(step)
-        if granted != step.after:
-            for earlier in reversed(done_pages):
-                _hugepages.set_pages(earlier.target, earlier.before)
-            raise backend.BackendError(
-                "asked the kernel for %d pages and it granted %d; rolled the hugepage change back to %s"
-                % (step.after, granted, ", ".join("%s=%d" % (s.target, s.before) for s in done_pages)))
-    elif step.action == "cgroup_create":
-        backend.create(step.target)
-    elif step.action == "cgroup_remove":
-        backend.remove(step.target)
-    elif step.action == "cgroup_write":
-        backend.write_file(step.target, step.after)
-    elif step.action == "irq_affinity":
-        refused = _irq.set_affinity(step.detail["irq"], step.after, os.path.dirname(os.path.dirname(step.target)))
-        if refused:
-            report["irq_refused"][step.detail["irq"]] = refused
-    elif step.action == "layout_file":
-        from ansible_collections.hpcvirt.regime.plugins.module_utils import _state
-        if step.after is None:
-            try:
-                os.unlink(step.target)
-            except FileNotFoundError:
-                pass
+# ---------------------------------------------------------------------------------------------
+# The partition module's whole change
+
+
+def module_argument_spec():
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._libvirt import libvirt_argument_spec
+
+    spec = libvirt_argument_spec()
+    spec.update(
+        state=dict(type="str", choices=["present", "absent"], default="present"),
+        machine_cgroup=dict(type="str"),
+    )
+    spec.update(layout_argument_spec())
+    return spec
+
+
+def desired_spec(params, record):
+    """The spec to resolve: the task's, or for ``absent`` the recorded one minus the named partitions."""
+    if params["state"] == "present":
+        return {key: params[key] for key in ("housekeeping", "partitions", "pool", "irq_steering", "kernel_args")}
+    names = [p["name"] for p in params["partitions"]]
+    if not names or not record:
+        return None
+    spec = record_to_spec(record)
+    spec["partitions"] = [p for p in spec["partitions"] if p["name"] not in names]
+    if not record.get("pool_auto", False):
+        removed = [p["cpus"] for p in record["partitions"] if p["name"] in names]
+        spec["pool"] = ",".join([record["pool"]] + removed)
+    return spec
+
+
+def plan_partition(node, params):
+    """The partition module's plan and result (before execution) from the node and the task."""
+    with node.timings.measure("plan"):
+        spec = desired_spec(params, node.record)
+        layout, current = prepare(spec, node, node.running_pins())
+        if layout is not None and params["state"] == "present":
+            record_auto = params["pool"] in (None, "auto")
         else:
-            _state.write_json_atomic("/", step.target.lstrip("/"), step.after)
-    else:
-        raise backend.BackendError("unknown step %s" % step.action)
+            record_auto = bool(node.record and node.record.get("pool_auto"))
+        plan, report = build_plan(layout, current, params["layout_file"], record_extra={"pool_auto": record_auto})
+    reboot_required, kernel_args = kernel_args_needed(layout, node.topology.cmdline) if layout else (False, [])
+    result = dict(
+        layout=layout_to_record(layout) if layout else None,
+        exclusivity=report["exclusivity"],
+        irq=report["irq"],
+        reboot_required=reboot_required,
+        kernel_args_required=kernel_args,
+        cgroup={"version": node.cgroups.cpuset_version, "machine": node.cgroups.machine.path,
+                "machine_cpus": report["machine_cpus"], "machine_held_by_guests": report["machine_held_by_guests"]},
+    )
+    return plan, result
+
+
+def partition_result(node, plan, result, check_mode, diff):
+    """The module result after ``execute``: what the kernel answered, read back."""
+    applied_report(plan, result)
+    for name, rep in result["exclusivity"].items():
+        # What the kernel holds now (v2 may read back "root invalid (reason)"); unknown before a
+        # check-mode run applied it.
+        applied_now = not check_mode or not plan
+        rep["kernel_state"] = (backend.read_back_state(node.cgroups.machine.child(partition_cgroup_name(name)).path)
+                               if applied_now else None)
+    result.update(changed=plan.changed, plan=plan.to_list(), timings=node.timings.to_dict())
+    if diff:
+        result["diff"] = plan.diff(header="cpu layout of %s" % format_cpulist(node.topology.online))
+    return result

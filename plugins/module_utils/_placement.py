@@ -21,7 +21,8 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
     format_cpulist,
     parse_cpulist,
 )
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Plan
 
 # cgroup v1 reports "no quota" as -1 in live values and 0 in the persistent config; the largest
 # value the kernel accepts also means no limit.
@@ -52,7 +53,7 @@ def requests_from_params(entries):
     return requests
 
 
-class PlacementError(ValueError):
+class PlacementError(HpcvirtError, ValueError):
     """A placement that cannot be admitted or is badly asked for; the message says why."""
 
 
@@ -150,6 +151,17 @@ class NodeView:
         return found
 
 
+def new_guest(name, vcpus, nodeset=None):
+    """A guest not defined yet, as the planner sees it: holds no CPUs, may land anywhere."""
+    return {"name": name, "active": True, "vcpus": {"current": vcpus, "maximum": vcpus},
+            "vcpu_pins": {}, "numatune": {"nodeset": nodeset} if nodeset else {}, "hpcvirt": {}}
+
+
+def view_of(node, extra_guests=()):
+    """The planner's view of a ``_node.NodeState`` (plus guests planned but not defined yet)."""
+    return NodeView(node.layout, list(node.guests) + list(extra_guests), node.topology)
+
+
 def _guest_numa_nodes(view, guest):
     nodeset = (guest.get("numatune") or {}).get("nodeset")
     if nodeset:
@@ -224,7 +236,21 @@ def choose_partition(view, guest, request):
 
 
 def desired_state(view, guest, request):
-    """The pins and tuning a request asks for, as comparable values."""
+    """The pins and tuning a request asks for, as comparable values: THE placement policy.
+
+    Every module that places a guest (placement, node_regime, vse, fleet, migrate on arrival) asks
+    this function, so they all agree:
+
+    - ``dedicated``: each vCPU pinned 1:1 to a CPU of one partition (``auto``: the guest's current
+      partition when its pins still hold there, else the best-fitting *whole free* partition, NUMA-
+      local to the guest first, then fewest CPUs left over, then name; a named partition may be
+      shared by several guests on distinct CPUs); emulator and I/O threads on the housekeeping CPUs
+      (the pool outside the partition when the node keeps none); memory from the partition's NUMA
+      nodes; no CPU quota.
+    - ``shared``: every vCPU floats over the whole pool; emulator and I/O threads over housekeeping
+      and pool together (so an emulator thread is never squeezed onto one busy pool CPU, and never
+      lands on a partition); shares and quota as asked; memory from the pool's NUMA nodes.
+    """
     maximum = guest["vcpus"]["maximum"]
     if request["placement"] == "dedicated":
         part_name, cpus = choose_partition(view, guest, request)
@@ -274,16 +300,16 @@ def plan_guest(view, guest, request):
     def pin_steps():
         for vcpu, (have, need) in enumerate(zip(current_pins, want["vcpu_pins"])):
             if have != need:
-                plan.add("pin_vcpu", "%s/vcpu%d" % (name, vcpu), format_cpulist(have), format_cpulist(need),
+                plan.add(PIN_VCPU, "%s/vcpu%d" % (name, vcpu), format_cpulist(have), format_cpulist(need),
                          guest=name, vcpu=vcpu)
 
     def thread_steps():
         emulator = parse_cpulist(guest.get("emulator_pin", ""))
         if emulator != want["emulator"]:
-            plan.add("pin_emulator", name, format_cpulist(emulator), format_cpulist(want["emulator"]), guest=name)
+            plan.add(PIN_EMULATOR, name, format_cpulist(emulator), format_cpulist(want["emulator"]), guest=name)
         for thread_id, cpus in sorted((guest.get("iothread_pins") or {}).items()):
             if parse_cpulist(cpus) != want["iothreads"]:
-                plan.add("pin_iothread", "%s/iothread%s" % (name, thread_id), cpus,
+                plan.add(PIN_IOTHREAD, "%s/iothread%s" % (name, thread_id), cpus,
                          format_cpulist(want["iothreads"]), guest=name, iothread=int(thread_id))
 
     # Dedicated: move the emulator off the partition before the vCPUs arrive; shared: widen the
@@ -305,12 +331,12 @@ def plan_guest(view, guest, request):
         if not same:
             sched_before["vcpu_quota"], sched_after["vcpu_quota"] = quota, want["vcpu_quota"]
     if sched_after:
-        plan.add("scheduler", name, sched_before, sched_after, guest=name)
+        plan.add(SCHEDULER, name, sched_before, sched_after, guest=name)
 
     if want["nodeset"] is not None:
         have_nodes = _effective_nodeset(parse_cpulist(numatune.get("nodeset") or ""), view.topology)
         if have_nodes is not None and have_nodes != frozenset(want["nodeset"]):
-            plan.add("numatune", name, format_cpulist(have_nodes), format_cpulist(want["nodeset"]), guest=name,
+            plan.add(NUMATUNE, name, format_cpulist(have_nodes), format_cpulist(want["nodeset"]), guest=name,
                      mode=numatune.get("mode") or "strict")
 
     have_intent = dict((guest.get("hpcvirt") or {}).get("placement", {}))
@@ -321,7 +347,7 @@ def plan_guest(view, guest, request):
             intent[key] = want[key] if want[key] is not None else have_intent.get(key)
     want_intent = {k: str(v) for k, v in intent.items() if v is not None}
     if have_intent != want_intent:
-        plan.add("metadata", name, have_intent or None, want_intent, guest=name)
+        plan.add(METADATA, name, have_intent or None, want_intent, guest=name)
 
     view.release(name)
     view.occupy(name, frozenset().union(*want["vcpu_pins"]) if want["vcpu_pins"] else frozenset())
@@ -384,55 +410,54 @@ def sides(dom, affect):
     return live, config
 
 
-def apply_guest_plan(libvirt, dom, plan, affect, ncpus, timings):
-    """Carry out one guest's steps in order. Returns the changes that could not be made live.
+def _target(ctx, step):
+    """(dom, live, config, flags) for a guest step; ``ctx`` has libvirt, domains and affect."""
+    libvirt = ctx.libvirt
+    name = step.detail["guest"]
+    dom = ctx.domains.get(name) if ctx.get("domains") else None
+    if dom is None:
+        dom = ctx.conn.lookupByName(name)
+    live, config = sides(dom, ctx.get("affect", "both"))
+    flags = (libvirt.VIR_DOMAIN_AFFECT_LIVE if live else 0) | (libvirt.VIR_DOMAIN_AFFECT_CONFIG if config else 0)
+    return dom, live, config, flags
 
-    Every step is idempotent, so a run interrupted part-way converges when planned again.
-    """
+
+def _cpumap(ctx, text):
     from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import set_to_cpumap
-    from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import (
-        read_domain_metadata,
-        write_domain_metadata,
-    )
-
-    live, config = sides(dom, affect)
-    flag_live = libvirt.VIR_DOMAIN_AFFECT_LIVE
-    flag_config = libvirt.VIR_DOMAIN_AFFECT_CONFIG
-    flags = (flag_live if live else 0) | (flag_config if config else 0)
-    not_live = []
-    if not flags:
-        return not_live
-
-    def each_side(call):
-        # Some calls refuse LIVE|CONFIG together; apply them one side at a time.
-        if live:
-            call(flag_live)
-        if config:
-            call(flag_config)
-
-    for step in plan:
-        with timings.measure("live" if live else "config"):
-            if step.action == "pin_vcpu":
-                dom.pinVcpuFlags(step.detail["vcpu"], set_to_cpumap(parse_cpulist(step.after), ncpus), flags)
-            elif step.action == "pin_emulator":
-                dom.pinEmulator(set_to_cpumap(parse_cpulist(step.after), ncpus), flags)
-            elif step.action == "pin_iothread":
-                dom.pinIOThread(step.detail["iothread"], set_to_cpumap(parse_cpulist(step.after), ncpus), flags)
-            elif step.action == "scheduler":
-                each_side(lambda f: dom.setSchedulerParametersFlags(dict(step.after), f))
-            elif step.action == "numatune":
-                not_live.extend(_apply_numatune(libvirt, dom, step, live, config))
-            elif step.action == "metadata":
-                data = read_domain_metadata(dom, flag_config if config and not live else 0)
-                data["placement"] = step.after
-                write_domain_metadata(dom, data, flags)
-            else:
-                raise PlacementError("unknown plan step %r" % step.action)
-    return not_live
+    return set_to_cpumap(parse_cpulist(text), ctx.ncpus)
 
 
-def _apply_numatune(libvirt, dom, step, live, config):
+def _run_pin_vcpu(ctx, step):
+    dom, _live, _config, flags = _target(ctx, step)
+    if flags:
+        dom.pinVcpuFlags(step.detail["vcpu"], _cpumap(ctx, step.after), flags)
+
+
+def _run_pin_emulator(ctx, step):
+    dom, _live, _config, flags = _target(ctx, step)
+    if flags:
+        dom.pinEmulator(_cpumap(ctx, step.after), flags)
+
+
+def _run_pin_iothread(ctx, step):
+    dom, _live, _config, flags = _target(ctx, step)
+    if flags:
+        dom.pinIOThread(step.detail["iothread"], _cpumap(ctx, step.after), flags)
+
+
+def _run_scheduler(ctx, step):
+    # setSchedulerParametersFlags refuses LIVE|CONFIG together: one side at a time.
+    dom, live, config, _flags = _target(ctx, step)
+    if live:
+        dom.setSchedulerParametersFlags(dict(step.after), ctx.libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    if config:
+        dom.setSchedulerParametersFlags(dict(step.after), ctx.libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+
+def _run_numatune(ctx, step):
     """Memory nodes: live only where the guest's NUMA mode allows it (``restrictive``)."""
+    libvirt = ctx.libvirt
+    dom, live, config, _flags = _target(ctx, step)
     skipped = []
     if live:
         try:
@@ -443,4 +468,79 @@ def _apply_numatune(libvirt, dom, step, live, config):
     if config:
         dom.setNumaParameters({"numa_mode": libvirt.VIR_DOMAIN_NUMATUNE_MEM_RESTRICTIVE,
                                "numa_nodeset": step.after}, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
-    return skipped
+    return {"not_live": skipped} if skipped else None
+
+
+def _run_metadata(ctx, step):
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import (
+        read_domain_metadata,
+        write_domain_metadata,
+    )
+    dom, live, config, flags = _target(ctx, step)
+    if flags:
+        data = read_domain_metadata(dom, ctx.libvirt.VIR_DOMAIN_AFFECT_CONFIG if config and not live else 0)
+        data["placement"] = step.after
+        write_domain_metadata(dom, data, flags)
+
+
+PIN_VCPU = Action("pin_vcpu", _run_pin_vcpu, phase="place")
+PIN_EMULATOR = Action("pin_emulator", _run_pin_emulator, phase="place")
+PIN_IOTHREAD = Action("pin_iothread", _run_pin_iothread, phase="place")
+SCHEDULER = Action("scheduler", _run_scheduler, phase="place")
+NUMATUNE = Action("numatune", _run_numatune, phase="place")
+METADATA = Action("metadata", _run_metadata, phase="place")
+GUEST_ACTIONS = (PIN_VCPU, PIN_EMULATOR, PIN_IOTHREAD, SCHEDULER, NUMATUNE, METADATA)
+
+
+def guest_outcome(plan, name):
+    """(live milliseconds, changes that could not be made live) of one guest's executed steps."""
+    steps = [s for s in plan if s.action in GUEST_ACTIONS and s.detail.get("guest") == name]
+    spent = sum(s.ms or 0.0 for s in steps)
+    not_live = [note for s in steps if s.result for note in s.result.get("not_live", [])]
+    return round(spent, 3), not_live
+
+
+def placed(want):
+    """The placement a desired state amounts to, as modules report it."""
+    return {"mode": want["mode"], "partition": want["partition"],
+            "cpus": format_cpulist(frozenset().union(*want["vcpu_pins"]))}
+
+
+# ---------------------------------------------------------------------------------------------
+# The placement module's whole change
+
+
+def module_argument_spec():
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._libvirt import libvirt_argument_spec
+
+    spec = libvirt_argument_spec()
+    spec.update(
+        guests=dict(guests_argument_spec(), required=True),
+        affect=dict(type="str", default="both", choices=["both", "live", "config"]),
+        layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
+    )
+    return spec
+
+
+def plan_module(node, params):
+    """Every guest's plan, in application order, as one plan; and the per-guest results."""
+    with node.timings.measure("plan"):
+        planned = plan_placements(node.layout, node.guests, requests_from_params(params["guests"]), node.topology)
+    whole = Plan()
+    results = []
+    for name, (plan, want) in planned.items():
+        whole.extend(plan)
+        results.append({"name": name, "changed": plan.changed, "placement": placed(want),
+                        "plan": plan.to_list(), "live_ms": 0.0, "not_live": []})
+    return whole, results
+
+
+def module_result(plan, results, node, diff):
+    for result in results:
+        result["live_ms"], result["not_live"] = guest_outcome(plan, result["name"])
+    apply_ms = sum(r["live_ms"] for r in results)
+    timings = node.timings.to_dict()
+    if plan and any(s.ms is not None for s in plan):
+        timings["apply"] = round(apply_ms, 3)
+    return dict(changed=plan.changed, guests=results, plan=plan.to_list(),
+                diff=plan.diff("placement") if diff else None, timings=timings)

@@ -21,23 +21,23 @@ and how far it got, so the next run can say that it is resuming.
 
 from __future__ import annotations
 
-import datetime
-import os
-
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _partition as part
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _placement
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import format_cpulist, parse_cpulist
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
+from ansible_collections.hpcvirt.regime.plugins.module_utils._journal import Journal, NodeLock
 from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import plan_placements
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Context, Plan, StepFailed, execute
 from ansible_collections.hpcvirt.regime.plugins.module_utils._state import (
-    JOURNAL_DIR,
     REGIME_FILE,
-    read_json,
-    remove_state,
+    now_iso,
     write_json_atomic,
 )
 
 PREEMPTED_BY = "node_regime"
 
 
-class RegimeError(ValueError):
+class RegimeError(HpcvirtError, ValueError):
     """A regime change that cannot be made; nothing was changed. The message says why."""
 
 
@@ -179,57 +179,180 @@ def regime_record(regime, layout_record):
             "partitions": sorted(p["name"] for p in layout_record.get("partitions", []))}
 
 
-def record_changes(root, regime, layout_record):
+def record_changes(recorded, regime, layout_record):
     """The regime file step's before and after, or None when the node already records it."""
-    before = read_json(root, REGIME_FILE)
     want = regime_record(regime, layout_record)
-    have = {k: v for k, v in (before or {}).items() if k != "changed_at"}
+    have = {k: v for k, v in (recorded or {}).items() if k != "changed_at"}
     if have == want:
         return None
-    return before, want
+    return recorded, want
+
+
+# ---------------------------------------------------------------------------------------------
+# Actions of a regime change (guest placement and re-carving are the placement and partition
+# planners' own actions)
+
+
+def _run_preempt(ctx, step):
+    """Record why, then save the guest's memory to disk (managed save); it stops running."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._checkpoint import checkpoint_record, record
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import read_domain_metadata
+
+    dom = ctx.conn.lookupByName(step.target)
+    metadata = read_domain_metadata(dom)
+    entry = checkpoint_record(metadata.get("checkpoint", {}), "preempt", reason="node_regime: %s" % ctx.regime)
+    entry["by"] = PREEMPTED_BY
+    record(ctx.libvirt, dom, metadata, entry)
+    dom.managedSave(0)
+
+
+def _run_resume(ctx, step):
+    """Start from the managed save image (the guest continues where it stopped) and record it."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._checkpoint import checkpoint_record, record
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._metadata import read_domain_metadata
+
+    dom = ctx.conn.lookupByName(step.target)
+    if not dom.isActive():
+        dom.create()
+    metadata = read_domain_metadata(dom)
+    record(ctx.libvirt, dom, metadata, checkpoint_record(metadata.get("checkpoint", {}), "resume"))
+
+
+def _run_record_regime(ctx, step):
+    write_regime(ctx.root, step.after)
+
+
+PREEMPT = Action("preempt", _run_preempt, phase="preempt")
+RESUME = Action("resume", _run_resume, phase="resume")
+RECORD_REGIME = Action("record_regime", _run_record_regime, phase="record")
+# Timings of a regime change per phase: the partition planner's steps are one "carve".
+PHASES = {action: "carve" for action in part.ACTIONS}
+PHASES.update({action: "place" for action in _placement.GUEST_ACTIONS})
+
+
+def build_plan(decision, carve, regime_change):
+    """The whole change as one plan, in the order it is applied."""
+    plan = Plan()
+    placements = decision["placements"]
+    resumed = set(decision["resume"])
+    for name in decision["preempt"]:
+        plan.add(PREEMPT, name, "running", "preempted (managed save)", guest=name)
+    for name, (guest_plan, want) in placements.items():
+        if want["mode"] == "shared" and name not in resumed:
+            plan.extend(guest_plan)
+    plan.extend(carve)
+    for name in decision["resume"]:
+        plan.add(RESUME, name, "preempted (managed save)", "running", guest=name)
+        plan.extend(placements[name][0])
+    for name, (guest_plan, want) in placements.items():
+        if want["mode"] == "dedicated" and name not in resumed:
+            plan.extend(guest_plan)
+    if regime_change:
+        before, after = regime_change
+        plan.add(RECORD_REGIME, "/" + REGIME_FILE, before, after)
+    return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# The node_regime module's whole change
+
+
+def module_argument_spec():
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._libvirt import libvirt_argument_spec
+
+    spec = libvirt_argument_spec()
+    spec.update(
+        regime=dict(type="str", required=True, choices=["space_shared", "time_shared", "mixed"]),
+        guests=dict(_placement.guests_argument_spec(), default=[]),
+        overflow=dict(type="str", default="fail", choices=["fail", "preempt"]),
+    )
+    spec.update(part.layout_argument_spec())
+    spec["housekeeping"]["required"] = True
+    return spec
+
+
+class RegimeChange:
+    """One node_regime run: the plan from the node's real state, its execution and its result."""
+
+    def __init__(self, node, params):
+        self.node = node
+        self.params = params
+        self.journal = Journal("node_regime", node.root, target=params["regime"])
+        self.interrupted = self.journal.previous()
+        with node.timings.measure("plan"):
+            self._plan()
+
+    def _plan(self):
+        node, params = self.node, self.params
+        spec = {key: params[key] for key in ("housekeeping", "partitions", "pool", "irq_steering", "kernel_args")}
+        current_cpus = {name: cgroup.cpus for name, cgroup in node.cgroups.partitions().items()}
+        target = layout_for_placement(part.resolve(spec, node.topology, current_cpus))
+        check_regime(params["regime"], target)
+        requested = {r["name"]: r for r in _placement.requests_from_params(params["guests"])}
+        self.decision = plan_regime(params["regime"], target, node.guests, requested, node.topology, params["overflow"])
+        pins = predicted_pins(node.guests, self.decision["placements"], set(self.decision["preempt"]))
+        self.layout, current = part.prepare(spec, node, pins)
+        carve, self.report = part.build_plan(self.layout, current, params["layout_file"],
+                                             record_extra={"pool_auto": params["pool"] in (None, "auto")})
+        self.new_record = part.layout_to_record(self.layout)
+        self.plan = build_plan(self.decision, carve,
+                               record_changes(node.regime_record, params["regime"], self.new_record))
+
+    def execute(self, check_mode):
+        """Carry the plan out under the node lock, journalled; nothing at all in check mode."""
+        if check_mode:
+            return
+        node = self.node
+        ctx = Context(libvirt=_libvirt(), conn=node.conn, domains=node.domains, ncpus=node.ncpus,
+                      affect="both", root=node.root, regime=self.params["regime"])
+        with NodeLock(node.root, what="another regime change"):
+            try:
+                execute(self.plan, ctx, False, node.timings, journal=self.journal if self.plan else None,
+                        phases=PHASES)
+            except StepFailed as exc:
+                raise RegimeError("%s. The journal %s records how far the change got; run again to converge"
+                                  % (exc, self.journal.path), plan=self.plan.to_list(), steps_done=exc.index,
+                                  changed=exc.index > 0)
+            if not self.plan and self.interrupted:
+                self.journal.finish()   # an interrupted run left nothing more to do: the node has converged
+
+    def fates(self):
+        decision = self.decision
+        fates = []
+        for name, (_unused, want) in decision["placements"].items():
+            live_ms, not_live = _placement.guest_outcome(self.plan, name)
+            fates.append({"name": name, "fate": "resumed" if name in decision["resume"] else "placed",
+                          "placement": _placement.placed(want), "live_ms": live_ms, "not_live": not_live})
+        for name in decision["preempt"]:
+            fates.append({"name": name, "fate": "preempted", "reason": decision["unfit"][name]})
+        for name, reason in decision["untouched"].items():
+            fates.append({"name": name, "fate": "untouched", "reason": reason})
+        return fates
+
+    def result(self, check_mode, diff):
+        reboot_required, kernel_args = part.kernel_args_needed(self.layout, self.node.topology.cmdline)
+        return dict(
+            changed=self.plan.changed or bool(self.interrupted and not check_mode),
+            regime=self.params["regime"],
+            plan=self.plan.to_list(),
+            guests=self.fates(),
+            layout=self.new_record,
+            exclusivity=self.report["exclusivity"],
+            irq=part.applied_report(self.plan, {"irq": self.report["irq"]})["irq"],
+            reboot_required=reboot_required,
+            kernel_args_required=kernel_args,
+            interrupted_run=self.interrupted,
+            diff=self.plan.diff("regime of %s" % format_cpulist(self.node.online)) if diff else None,
+            timings=self.node.timings.to_dict(),
+        )
+
+
+def _libvirt():
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._libvirt import libvirt
+    return libvirt
 
 
 def write_regime(root, record):
     data = dict(record)
     data["changed_at"] = now_iso()
     write_json_atomic(root, REGIME_FILE, data)
-
-
-def now_iso():
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-
-
-class Journal:
-    """What a regime change set out to do and how far it got, on the node, written atomically.
-
-    Written before the first change and after every step; removed when the change completes.
-    A journal found at the start of a run means the previous run was interrupted.
-    """
-
-    def __init__(self, root="/", name="node_regime"):
-        self.root = root
-        self.relpath = os.path.join(JOURNAL_DIR, name + ".json")
-        self.data = None
-
-    @property
-    def path(self):
-        return os.path.join(self.root, self.relpath)
-
-    def previous(self):
-        try:
-            return read_json(self.root, self.relpath)
-        except ValueError:
-            # A journal cut short by a crash is still proof of an interrupted run.
-            return {"target": None, "done": None, "unreadable": True}
-
-    def begin(self, regime, steps):
-        self.data = {"target": regime, "started_at": now_iso(), "pid": os.getpid(),
-                     "steps": steps, "done": 0}
-        write_json_atomic(self.root, self.relpath, self.data, mode=0o600)
-
-    def step_done(self, count):
-        self.data["done"] = count
-        write_json_atomic(self.root, self.relpath, self.data, mode=0o600)
-
-    def finish(self):
-        remove_state(self.root, self.relpath)

@@ -278,7 +278,7 @@ def apply_plan(scontrol, plan, timings):
         elif step.action in ("available_features", "active_features"):
             settings = {}
             while index < len(steps) and steps[index].action in ("available_features", "active_features"):
-                settings[steps[index].action.replace("_", "")] = steps[index].after
+                settings[steps[index].action.name.replace("_", "")] = steps[index].after
                 index += 1
             with timings.measure("features"):
                 scontrol.update(step.target, **settings)

@@ -13,6 +13,7 @@ Writes are atomic (temporary file, fsync, rename) so a crash never leaves half a
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import tempfile
@@ -20,6 +21,19 @@ import tempfile
 LAYOUT_FILE = "etc/hpcvirt/layout.json"
 REGIME_FILE = "var/lib/hpcvirt/regime.json"
 JOURNAL_DIR = "var/lib/hpcvirt/journal"
+
+
+def now_iso():
+    """The one timestamp format of hpcvirt records: UTC, seconds, ISO 8601 (2026-12-02T05:21:34+00:00)."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def to_int(value, default=None):
+    """``int(value)``, or ``default`` when the value is missing or not a whole number."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 def state_path(root, relpath):
@@ -36,6 +50,8 @@ def read_json(root, relpath):
         return None
     except ValueError as exc:
         raise ValueError("%s is not valid JSON: %s" % (path, exc))
+    except OSError as exc:
+        raise ValueError("%s cannot be read: %s" % (path, os.strerror(exc.errno) if exc.errno else exc))
 
 
 def write_json_atomic(root, relpath, data, mode=0o644):

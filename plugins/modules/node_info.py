@@ -23,13 +23,8 @@ author:
   - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
-attributes:
-  check_mode:
-    support: full
-    description: Reads only; check mode returns the same facts.
-  diff_mode:
-    support: none
-    description: Nothing changes, so there is nothing to show.
+  - hpcvirt.regime.layout.file
+  - hpcvirt.regime.attributes.info
 options:
   domains:
     description:
@@ -198,64 +193,25 @@ timings:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import parse_cpulist
-from ansible_collections.hpcvirt.regime.plugins.module_utils._node import (
-    NodeStateError,
-    read_guests,
-    read_node_state,
-)
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import module_main
+from ansible_collections.hpcvirt.regime.plugins.module_utils._node import node_report, read_node
 
 
-def main():
-    argument_spec = lv.libvirt_argument_spec()
-    argument_spec.update(
+def argument_spec():
+    spec = lv.libvirt_argument_spec()
+    spec.update(
         domains=dict(type="list", elements="str"),
         include_cpus=dict(type="bool", default=True),
+        layout_file=dict(type="path", default="/etc/hpcvirt/layout.json"),
     )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    lv.require_libraries(module, need_lxml=False)
+    return spec
 
-    try:
-        node = read_node_state()
-    except NodeStateError as exc:
-        module.fail_json(msg=str(exc))
-    topology, cgroups, layout, regime, timings = node
-    conn = lv.open_connection(module)
-    partitions = {p["name"]: p for p in layout["partitions"]}
-    pool = parse_cpulist(layout["pool"])
 
-    with lv.libvirt_errors(module, "listing domains on %s" % module.params["uri"]):
-        with timings.measure("domains"):
-            all_domains = conn.listAllDomains(0)
-            wanted = module.params["domains"]
-            by_name = {dom.name(): dom for dom in all_domains}
-            names = sorted(by_name) if wanted is None else [n for n in wanted if n in by_name]
-            domains = read_guests(lv.libvirt, [by_name[n] for n in names], partitions, pool, lv.DOMAIN_STATES)
-        hypervisor = {
-            "uri": conn.getURI(),
-            "hypervisor": conn.getType(),
-            "hypervisor_version": lv.version_string(conn.getVersion()),
-            "library_version": lv.version_string(conn.getLibVersion()),
-        }
-        hostname = conn.getHostname()
-
-    topo = topology.to_dict()
-    if not module.params["include_cpus"]:
-        topo.pop("cpus")
-    module.exit_json(
-        changed=False,
-        hostname=hostname,
-        libvirt=hypervisor,
-        topology=topo,
-        cgroup=cgroups.to_dict(),
-        layout=layout,
-        domains=domains,
-        missing_domains=[n for n in (module.params["domains"] or []) if n not in by_name],
-        regime=regime,
-        timings=timings.to_dict(),
-    )
+@module_main(argument_spec, supports_check_mode=True)
+def main(module):
+    node = read_node(module)
+    module.exit_json(changed=False, **node_report(node, lv, module.params["domains"], module.params["include_cpus"]))
 
 
 if __name__ == "__main__":

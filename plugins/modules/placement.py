@@ -26,13 +26,9 @@ author:
   - hpcvirt.regime developers (@hpcvirt)
 extends_documentation_fragment:
   - hpcvirt.regime.libvirt
-attributes:
-  check_mode:
-    support: full
-    description: Returns the same plan a real run applies and changes nothing.
-  diff_mode:
-    support: full
-    description: Shows each pin, scheduler, NUMA and metadata change, before and after.
+  - hpcvirt.regime.layout.file
+  - hpcvirt.regime.guests
+  - hpcvirt.regime.attributes
 options:
   guests:
     description:
@@ -41,30 +37,6 @@ options:
     type: list
     elements: dict
     required: true
-    suboptions:
-      name:
-        description: Domain name.
-        type: str
-        required: true
-      placement:
-        description: C(dedicated) (drop) or C(shared) (lift).
-        type: str
-        required: true
-        choices: [dedicated, shared]
-      partition:
-        description:
-          - For C(dedicated), the partition name, or C(auto) for the partition that fits best on the
-            guest's NUMA node (a guest already inside a partition stays there).
-        type: str
-        default: auto
-      cpu_shares:
-        description: For C(shared), the guest's CPU weight (2..262144). Unset leaves it as it is.
-        type: int
-      vcpu_quota:
-        description:
-          - For C(shared), the CPU time each vCPU may use per period, in microseconds, or -1 for no
-            limit. Unset leaves it as it is.
-        type: int
   affect:
     description:
       - C(both) changes the running guest and its persistent configuration; C(live) only the
@@ -140,92 +112,21 @@ timings:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _libvirt as lv
-from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import format_cpulist, parse_cpulist
-from ansible_collections.hpcvirt.regime.plugins.module_utils._node import (
-    NodeStateError,
-    read_guests,
-    read_node_state,
-)
-from ansible_collections.hpcvirt.regime.plugins.module_utils._placement import (
-    PlacementError,
-    apply_guest_plan,
-    guests_argument_spec,
-    plan_placements,
-    requests_from_params,
-)
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan, Timings
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _placement as placement
+from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import module_main
+from ansible_collections.hpcvirt.regime.plugins.module_utils._node import read_node
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Context, execute
 
 
-def main():
-    argument_spec = lv.libvirt_argument_spec()
-    argument_spec.update(
-        guests=dict(guests_argument_spec(), required=True),
-        affect=dict(type="str", default="both", choices=["both", "live", "config"]),
-    )
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    lv.require_libraries(module, need_lxml=False)
-
-    try:
-        topology, _cgroups, layout, _regime, timings = read_node_state()
-    except NodeStateError as exc:
-        module.fail_json(msg=str(exc))
-    conn = lv.open_connection(module)
-    ncpus = lv.host_cpu_count(conn)
-    partitions = {p["name"]: p for p in layout["partitions"]}
-    pool = parse_cpulist(layout["pool"])
-
-    requests = requests_from_params(module.params["guests"])
-
-    with lv.libvirt_errors(module, "reading guests"):
-        with timings.measure("read"):
-            domains = {dom.name(): dom for dom in conn.listAllDomains(0)}
-            guests = read_guests(lv.libvirt, domains.values(), partitions, pool, lv.DOMAIN_STATES)
-    try:
-        with timings.measure("plan"):
-            planned = plan_placements(layout, guests, requests, topology)
-    except PlacementError as exc:
-        module.fail_json(msg=str(exc))
-
-    whole = Plan()
-    results = []
-    for name, (plan, want) in planned.items():
-        whole.extend(plan)
-        results.append({
-            "name": name,
-            "changed": plan.changed,
-            "placement": {"mode": want["mode"], "partition": want["partition"],
-                          "cpus": format_cpulist(frozenset().union(*want["vcpu_pins"]))},
-            "plan": plan.to_list(),
-            "live_ms": 0.0,
-            "not_live": [],
-        })
-
-    if whole.changed and not module.check_mode:
-        for result in results:
-            plan = planned[result["name"]][0]
-            if not plan:
-                continue
-            guest_timings = Timings()
-            try:
-                result["not_live"] = apply_guest_plan(lv.libvirt, domains[result["name"]], plan,
-                                                      module.params["affect"], ncpus, guest_timings)
-            except lv.libvirt.libvirtError as exc:
-                module.fail_json(
-                    msg="guest '%s': %s. Steps before it were applied; run again to converge."
-                        % (result["name"], lv.error_text(exc)),
-                    guests=results, plan=whole.to_list())
-            result["live_ms"] = round(sum(guest_timings.to_dict().values()), 3)
-            timings.add("apply", result["live_ms"])
-
-    module.exit_json(
-        changed=whole.changed,
-        guests=results,
-        plan=whole.to_list(),
-        diff=whole.diff("placement") if module._diff else None,
-        timings=timings.to_dict(),
-    )
+@module_main(placement.module_argument_spec, supports_check_mode=True)
+def main(module):
+    node = read_node(module, require_cpuset=False)
+    plan, results = placement.plan_module(node, module.params)
+    ctx = Context(libvirt=lv.libvirt, conn=node.conn, domains=node.domains, ncpus=node.ncpus,
+                  affect=module.params["affect"])
+    execute(plan, ctx, module.check_mode, node.timings)
+    module.exit_json(**placement.module_result(plan, results, node, module._diff))
 
 
 if __name__ == "__main__":

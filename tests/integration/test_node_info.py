@@ -57,7 +57,7 @@ def test_node_facts_match_the_kernel(pinned_guest):
     assert result["regime"]["name"] in ("time_shared", "space_shared", "mixed")
     names = [d["name"] for d in result["domains"]]
     assert pinned_guest.name() in names
-    assert set(result["timings"]) >= {"topology", "cgroups", "domains"}
+    assert set(result["timings"]) >= {"read", "hypervisor"} and all(ms >= 0 for ms in result["timings"].values())
 
 
 def test_stopped_guest_reports_config(guest_factory):

@@ -98,29 +98,45 @@ def test_round_trip_preempts_and_resumes_without_restarts(node, guest_factory):
     assert_beats_continued(beat_e, beat_w)
 
 
-@pytest.mark.parametrize("kill_after", [1, 3, 7])
-def test_killed_transition_converges_on_the_next_run(node, guest_factory, kill_after):
+def kill_after(k, args, args_file):
+    """Run node_regime in its own process and SIGKILL it after its k-th executed step."""
+    with open(args_file, "w") as handle:
+        json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tests", "integration", "kill_harness.py"),
+                           "node_regime", str(k), args_file], capture_output=True, text=True, timeout=300,
+                          check=False)
+
+
+@pytest.mark.parametrize("direction", ["to_space_shared", "to_time_shared"])
+def test_killed_after_every_step_converges_on_the_next_run(node, guest_factory, direction):
+    """SIGKILL the change after each step k = 1..N of its plan; every next run converges, no guest lost."""
     enclave, web = guest_factory(), guest_factory()
+    space, time_ = space_args(enclave.name()), TIME_ARGS
+    args, start, converged = ((space, time_, assert_space_shared) if direction == "to_space_shared"
+                              else (time_, space, assert_time_shared))
     args_file = os.path.join(ROOT, ".build", "tmp", "regime-%s.json" % uuid.uuid4().hex[:8])
     os.makedirs(os.path.dirname(args_file), exist_ok=True)
     with testbed.HeartbeatTail(enclave.name()) as beat_e, testbed.HeartbeatTail(web.name()) as beat_w:
         testbed.wait_for_beats(web.name(), 2)
-        for args, converged in ((space_args(enclave.name()), assert_space_shared), (TIME_ARGS, assert_time_shared)):
-            with open(args_file, "w") as handle:
-                json.dump({"ANSIBLE_MODULE_ARGS": args}, handle)
-            killed = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "integration", "kill_harness.py"),
-                                     str(kill_after), args_file], capture_output=True, text=True, timeout=300,
-                                    check=False)
-            assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+        assert not run_module(MODULE, start).get("failed")
+        steps = len(run_module(MODULE, args, check=True)["plan"])
+        assert steps >= 5
+        for k in range(1, steps + 1):
+            killed = kill_after(k, args, args_file)
+            assert killed.returncode == -signal.SIGKILL, "k=%d: %s" % (k, killed.stdout + killed.stderr)
             with open(JOURNAL) as handle:
                 journal = json.load(handle)
-            assert journal["target"] == args["regime"] and journal["done"] >= kill_after
+            assert journal["target"] == args["regime"] and journal["done"] == k and len(journal["steps"]) == steps
 
             again = run_module(MODULE, args)
-            assert not again.get("failed"), again.get("msg")
-            assert again["interrupted_run"]["target"] == args["regime"]
+            assert not again.get("failed"), "k=%d: %s" % (k, again.get("msg"))
+            assert again["interrupted_run"]["done"] == k and again["changed"] is True
             converged(enclave, web)
-            assert run_module(MODULE, args)["changed"] is False
+            assert not os.path.exists(JOURNAL)
+            assert run_module(MODULE, args)["changed"] is False, "k=%d" % k
+            assert enclave.isActive() and (web.isActive() or web.hasManagedSaveImage(0)), "k=%d: a guest was lost" % k
+            back = run_module(MODULE, start)                           # the start state for the next k
+            assert not back.get("failed"), back.get("msg")
         testbed.wait_for_beats(web.name(), 3)
     os.unlink(args_file)
     assert_beats_continued(beat_e, beat_w)

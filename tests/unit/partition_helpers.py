@@ -61,6 +61,18 @@ def fake_node(tmp_path, recording, version=1, machine_cpus=None, guests=None, ir
     return root
 
 
+def node_at(root):
+    """The run's NodeState of a fake node (its layout file at etc/hpcvirt/layout.json below root)."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._node import NodeState
+    return NodeState.read(root=root, layout_file="/etc/hpcvirt/layout.json")
+
+
+def execute_plan(plan, root):
+    """Carry a plan out through the one executor, as a module would."""
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Context, Timings, execute
+    return execute(plan, Context(root=root), False, Timings())
+
+
 def snapshot(root):
     """Every file below ``root`` and its content, to assert that nothing changed."""
     found = {}

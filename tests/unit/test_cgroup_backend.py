@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-from partition_helpers import fake_node, v2_cgroup
+from partition_helpers import execute_plan, fake_node, node_at, v2_cgroup
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _cgroup_backend as backend
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _partition as part
@@ -66,14 +66,13 @@ def fake_v2_kernel(monkeypatch):
 
 def run(root, spec=None):
     spec = SPEC if spec is None else spec
-    topology = read_topology(root)
-    cgroups = detect_layout(root)
+    node = node_at(root)
+    cgroups = node.cgroups
     assert cgroups.cpuset_version == 2
     layout_file = os.path.join(root, "etc/hpcvirt/layout.json")
-    record = json.load(open(layout_file)) if os.path.exists(layout_file) else None
-    layout, current = part.prepare(spec, topology, cgroups, record, {}, root=root)
+    layout, current = part.prepare(spec, node, {})
     plan, report = part.build_plan(layout, current, layout_file)
-    part.apply_plan(plan, Timings())
+    execute_plan(plan, root)
     state = backend.read_back_state(os.path.join(cgroups.machine.path, "hpcvirt-p1.partition"))
     return plan, report, state
 
@@ -112,11 +111,12 @@ def test_v2_invalid_root_is_read_back(tmp_path, fake_v2_kernel):
     # A guest appears between plan and apply: the kernel then says why the partition is invalid.
     root = fake_node(tmp_path, "partition-2cpu", version=2,
                      extra={"/sys/fs/cgroup/machine.slice/cpuset.cpus.partition": "root"})
-    topology, cgroups = read_topology(root), detect_layout(root)
-    layout, current = part.prepare(SPEC, topology, cgroups, None, {}, root=root)
+    node = node_at(root)
+    cgroups = node.cgroups
+    layout, current = part.prepare(SPEC, node, {})
     plan, _unused = part.build_plan(layout, current, os.path.join(root, "etc/hpcvirt/layout.json"))
     from conftest import materialise
     materialise(root, v2_cgroup("/sys/fs/cgroup/machine.slice/late.scope", "1"))
-    part.apply_plan(plan, Timings())
+    execute_plan(plan, root)
     state = backend.read_back_state(os.path.join(cgroups.machine.path, "hpcvirt-p1.partition"))
     assert state == "root invalid (Cpu list in cpuset.cpus not exclusive)"

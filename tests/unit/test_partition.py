@@ -5,13 +5,13 @@ import os
 
 import pytest
 
-from partition_helpers import fake_cgroupfs_rmdir, fake_node, snapshot
+from partition_helpers import execute_plan, fake_cgroupfs_rmdir, fake_node, node_at, snapshot
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _hugepages
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _partition as part
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import detect_layout
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import format_cpulist, parse_cpulist
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import StepFailed, Timings
 from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_topology
 
 SERVER = "partition-2s-4numa-smt2"
@@ -115,14 +115,11 @@ def test_kernel_args_are_reported_not_written(sysfs_tree):
 # ---- plans on fake nodes --------------------------------------------------------------------
 
 def carve(root, the_spec, guest_pins=None, apply=True, layout_file=None):
-    topology = read_topology(root)
-    cgroups = detect_layout(root)
     layout_file = layout_file or os.path.join(root, "etc/hpcvirt/layout.json")
-    record = json.load(open(layout_file)) if os.path.exists(layout_file) else None
-    layout, current = part.prepare(the_spec, topology, cgroups, record, guest_pins or {}, root=root)
+    layout, current = part.prepare(the_spec, node_at(root), guest_pins or {})
     plan, report = part.build_plan(layout, current, layout_file, record_extra={"pool_auto": True})
     if apply:
-        part.apply_plan(plan, Timings())
+        execute_plan(plan, root)
     return plan, report
 
 
@@ -215,7 +212,7 @@ def test_hugepage_shortfall_is_rolled_back(tmp_path, monkeypatch):
         return real_set(path, min(count, 5))
 
     monkeypatch.setattr(_hugepages, "set_pages", stingy_kernel)
-    with pytest.raises(part.ApplyError, match="asked the kernel for 8 pages and it granted 5; rolled"):
+    with pytest.raises(StepFailed, match="asked the kernel for 8 pages and it granted 5; rolled"):
         carve(root, spec("0", {"name": "p1", "count": 1, "hugepages": {"count": 8}}))
     assert open(_hugepages.node_path(0, 2048, root)).read().strip() == "0"
     assert not os.path.exists(os.path.join(root, "sys/fs/cgroup/cpuset/machine/hpcvirt-p1.partition"))

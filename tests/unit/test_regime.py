@@ -5,8 +5,10 @@ import os
 
 import pytest
 
+from ansible_collections.hpcvirt.regime.plugins.module_utils._journal import Journal, NodeLock
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan
 from ansible_collections.hpcvirt.regime.plugins.module_utils._regime import (
-    Journal,
+    PREEMPT,
     RegimeError,
     check_regime,
     default_request,
@@ -128,25 +130,41 @@ def test_refused_drop_with_preempt():
 def test_regime_record_and_journal(tmp_path):
     root = str(tmp_path)
     layout = {"housekeeping": "0", "pool": "0", "partitions": [{"name": "p1"}]}
-    before, after = record_changes(root, "space_shared", layout)
+    before, after = record_changes(None, "space_shared", layout)
     assert before is None and after["regime"] == "space_shared" and after["partitions"] == ["p1"]
     write_regime(root, after)
-    assert record_changes(root, "space_shared", layout) is None      # idempotent, whatever the time
-    assert record_changes(root, "time_shared", layout)[1]["regime"] == "time_shared"
+    recorded = json.load(open(os.path.join(root, "var/lib/hpcvirt/regime.json")))
+    assert recorded["changed_at"].endswith("+00:00")
+    assert record_changes(recorded, "space_shared", layout) is None      # idempotent, whatever the time
+    assert record_changes(recorded, "time_shared", layout)[1]["regime"] == "time_shared"
 
-    journal = Journal(root)
+    journal = Journal("node_regime", root, target="space_shared")
     assert journal.previous() is None
-    journal.begin("space_shared", ["a", "b", "c"])
+    plan = Plan()
+    for name in ("a", "b", "c"):
+        plan.add(PREEMPT, name, "running", "preempted (managed save)")
+    journal.begin(plan)
     journal.step_done(2)
-    again = Journal(root).previous()
-    assert again["target"] == "space_shared" and again["done"] == 2 and again["steps"] == ["a", "b", "c"]
+    again = Journal("node_regime", root).previous()
+    assert again["target"] == "space_shared" and again["done"] == 2
+    assert [line.split(" ")[1].rstrip(":") for line in again["steps"]] == ["a", "b", "c"]
     assert oct(os.stat(journal.path).st_mode & 0o777) == "0o600"
     journal.finish()
-    assert Journal(root).previous() is None
+    assert Journal("node_regime", root).previous() is None
+
+
+def test_the_node_lock_excludes_a_second_change(tmp_path):
+    root = str(tmp_path)
+    with NodeLock(root):
+        with pytest.raises(Exception, match="holds the node lock .* for more than 0 s"):
+            with NodeLock(root, timeout=0):
+                pass
+    with NodeLock(root, timeout=0):     # released: free again
+        pass
 
 
 def test_a_torn_journal_still_counts_as_an_interrupted_run(tmp_path):
-    journal = Journal(str(tmp_path))
+    journal = Journal("node_regime", str(tmp_path))
     os.makedirs(os.path.dirname(journal.path))
     with open(journal.path, "w") as handle:
         handle.write('{"target": "space_')
