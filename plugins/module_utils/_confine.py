@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import errno
 import os
-import time
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cgroup import detect_layout
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
@@ -40,7 +39,7 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
     parse_cpulist,
     parse_cpumask,
 )
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Plan
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Context, Plan, execute
 from ansible_collections.hpcvirt.regime.plugins.module_utils._state import (
     read_json,
     remove_state,
@@ -261,11 +260,11 @@ def plan_confine(snapshot, housekeeping):
             before = snapshot["systemd_units"].get(unit, frozenset())
             if before != hk:
                 record["systemd_units"].setdefault(unit, format_cpulist(before))
-                plan.add("systemd_allowed_cpus", unit, format_cpulist(before) or "all", hk_text)
+                plan.add(SYSTEMD_ALLOWED_CPUS, unit, format_cpulist(before) or "all", hk_text)
     elif layout.cpuset_root:
         current = snapshot["housekeeping_cgroup"]
         if current is None or current["cpus"] != hk:
-            plan.add("housekeeping_cgroup", os.path.join(layout.cpuset_root, HOUSEKEEPING_CGROUP),
+            plan.add(HOUSEKEEPING_CGROUP_CREATE, os.path.join(layout.cpuset_root, HOUSEKEEPING_CGROUP),
                      format_cpulist(current["cpus"]) if current else None, hk_text,
                      mems=format_cpulist(snapshot["mems"]), version=layout.cpuset_version)
         movers = [t for t in snapshot["tasks"] if classify(t, snapshot) == "move"]
@@ -273,7 +272,7 @@ def plan_confine(snapshot, housekeeping):
             for task in movers:
                 if task.allowed != online and not task.allowed <= hk:
                     record["pinned_tasks"].setdefault(task.key(), format_cpulist(task.allowed))
-            plan.add("move_tasks", os.path.join(layout.cpuset_root, HOUSEKEEPING_CGROUP),
+            plan.add(MOVE_TASKS, os.path.join(layout.cpuset_root, HOUSEKEEPING_CGROUP),
                      "/", "/" + HOUSEKEEPING_CGROUP, pids=[t.pid for t in movers],
                      tasks=["%s[%d]" % (t.comm, t.pid) for t in movers])
 
@@ -282,11 +281,10 @@ def plan_confine(snapshot, housekeeping):
     if kthreads:
         for task in kthreads:
             record["kthreads"].setdefault(task.key(), format_cpulist(task.allowed))
-        plan.add("kthread_affinity", "kernel threads", {t.key(): format_cpulist(t.allowed) for t in kthreads},
+        plan.add(KTHREAD_AFFINITY, "kernel threads", {t.key(): format_cpulist(t.allowed) for t in kthreads},
                  hk_text, pids=[t.pid for t in kthreads], keys=[t.key() for t in kthreads])
 
-    for key, relpath, action in (("workqueue_mask", WORKQUEUE_MASK, "workqueue_cpumask"),
-                                 ("irq_default", IRQ_DEFAULT, "irq_default_affinity")):
+    for key, (relpath, action) in sorted(_MASK_ACTIONS.items(), reverse=True):
         before = snapshot[key]
         if before is not None and before != hk:
             if record[key] is None:
@@ -294,7 +292,7 @@ def plan_confine(snapshot, housekeeping):
             plan.add(action, "/" + relpath, format_cpulist(before), hk_text, mask=format_cpumask(hk, max(online) + 1))
 
     if plan or (snapshot["state"] or {}) != record:
-        plan.add("record_confinement", "/" + STATE_FILE, snapshot["state"], record)
+        plan.add(RECORD, "/" + STATE_FILE, snapshot["state"], record)
     return plan
 
 
@@ -309,16 +307,16 @@ def plan_release(snapshot):
     for unit, before in sorted(state.get("systemd_units", {}).items()):
         current = snapshot["systemd_units"].get(unit)
         if current is not None and format_cpulist(current) != before:
-            plan.add("systemd_allowed_cpus", unit, format_cpulist(current) or "all", before or "all")
+            plan.add(SYSTEMD_ALLOWED_CPUS, unit, format_cpulist(current) or "all", before or "all")
     current = snapshot["housekeeping_cgroup"]
     if current is not None:
         if current["pids"]:
-            plan.add("release_tasks", layout.cpuset_root, "/" + HOUSEKEEPING_CGROUP, "/",
+            plan.add(RELEASE_TASKS, layout.cpuset_root, "/" + HOUSEKEEPING_CGROUP, "/",
                      pids=list(current["pids"]))
         pinned = {key: cpus for key, cpus in state.get("pinned_tasks", {}).items() if key in alive}
         if pinned:
-            plan.add("restore_affinity", "pinned tasks", None, pinned)
-        plan.add("remove_housekeeping_cgroup", current["path"], format_cpulist(current["cpus"]), None)
+            plan.add(RESTORE_AFFINITY, "pinned tasks", None, pinned)
+        plan.add(REMOVE_HOUSEKEEPING_CGROUP, current["path"], format_cpulist(current["cpus"]), None)
 
     kthreads = {}
     for key, before in state.get("kthreads", {}).items():
@@ -326,11 +324,10 @@ def plan_release(snapshot):
         if task is not None and format_cpulist(task.allowed) != before:
             kthreads[key] = before
     if kthreads:
-        plan.add("restore_affinity", "kernel threads",
+        plan.add(RESTORE_AFFINITY, "kernel threads",
                  {key: format_cpulist(alive[key].allowed) for key in kthreads}, kthreads)
 
-    for key, relpath, action in (("workqueue_mask", WORKQUEUE_MASK, "workqueue_cpumask"),
-                                 ("irq_default", IRQ_DEFAULT, "irq_default_affinity")):
+    for key, (relpath, action) in sorted(_MASK_ACTIONS.items(), reverse=True):
         current_mask = snapshot[key]
         if current_mask is None:
             continue
@@ -339,7 +336,7 @@ def plan_release(snapshot):
             plan.add(action, "/" + relpath, format_cpulist(current_mask), format_cpulist(want),
                      mask=format_cpumask(want, max(online) + 1))
     if snapshot["state"] is not None:
-        plan.add("remove_record", "/" + STATE_FILE, state.get("housekeeping"), None)
+        plan.add(RECORD, "/" + STATE_FILE, snapshot["state"], None)
     return plan
 
 
@@ -359,9 +356,9 @@ def _move_pid(procs_file, pid):
         return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
-def _set_affinity(pid, cpus):
+def _set_affinity(root, pid, cpus):
     """sched_setaffinity on every thread of ``pid``: None, or the reason it refused."""
-    task_dir = "/proc/%d/task" % pid
+    task_dir = os.path.join(root, "proc", str(pid), "task")
     try:
         tids = [int(t) for t in os.listdir(task_dir) if t.isdigit()]
     except OSError:
@@ -380,88 +377,134 @@ def _pid_of(key):
     return int(key.split(":", 1)[0])
 
 
-def apply_plan(plan, snapshot, runner=None, timings=None):
-    """Apply a confine or release plan; a list of what refused (never raises for one task)."""
-    root = snapshot["root"]
-    layout = snapshot["layout"]
+def _outcome(refused):
+    return {"refused": refused} if refused else None
+
+
+def _run_systemd(ctx, step):
+    value = "" if step.after == "all" else step.after
+    rc, out, err = ctx.runner(["systemctl", "set-property", "--runtime", step.target, "AllowedCPUs=%s" % value])
+    if rc != 0:
+        raise ConfineError("systemctl set-property %s AllowedCPUs=%s failed: %s" % (step.target, value, (err or out).strip()))
+
+
+def _run_housekeeping_cgroup(_ctx, step):
+    cpuset_root = os.path.dirname(step.target)
+    if step.detail["version"] == 2:
+        if "cpuset" not in (read_text(cpuset_root, "cgroup.subtree_control", "") or "").split():
+            _write(os.path.join(cpuset_root, "cgroup.subtree_control"), "+cpuset")
+    os.makedirs(step.target, exist_ok=True)
+    if step.detail["version"] == 1:
+        _write(os.path.join(step.target, "cpuset.mems"), step.detail["mems"])
+    _write(os.path.join(step.target, "cpuset.cpus"), step.after)
+
+
+def _run_move_tasks(ctx, step):
+    procs = os.path.join(step.target, "cgroup.procs")
+    refused = {}
+    for pid in step.detail["pids"]:
+        outcome = _move_pid(procs, pid)
+        if outcome is not True:
+            refused[pid] = outcome
+    # Tasks forked meanwhile by the ones not yet moved are born in the root: move them too.
+    for _round in range(3):
+        fresh = read_node(ctx.get("root", "/"))
+        movers = [t.pid for t in fresh["tasks"] if classify(t, fresh) == "move" and t.pid not in refused]
+        if not movers:
+            break
+        for pid in movers:
+            outcome = _move_pid(procs, pid)
+            if outcome is not True:
+                refused[pid] = outcome
+    return _outcome([{"pid": pid, "what": "task", "reason": why} for pid, why in sorted(refused.items())])
+
+
+def _run_kthread_affinity(ctx, step):
+    cpus = parse_cpulist(step.after)
     refused = []
+    for pid in step.detail["pids"]:
+        reason = _set_affinity(ctx.get("root", "/"), pid, cpus)
+        if reason:
+            refused.append({"pid": pid, "what": "kernel thread", "reason": reason})
+    return _outcome(refused)
+
+
+def _run_mask(ctx, step):
+    try:
+        _write(os.path.join(ctx.get("root", "/"), step.target.lstrip("/")), step.detail["mask"])
+    except OSError as exc:
+        return _outcome([{"pid": None, "what": step.target, "reason": os.strerror(exc.errno or 0)}])
+    return None
+
+
+def _run_record(ctx, step):
+    if step.after is None:
+        remove_state(ctx.get("root", "/"), STATE_FILE)
+    else:
+        write_json_atomic(ctx.get("root", "/"), STATE_FILE, step.after)
+
+
+def _run_release_tasks(_ctx, step):
+    procs = os.path.join(step.target, "cgroup.procs")
+    housekeeping = os.path.join(step.target, HOUSEKEEPING_CGROUP)
+    refused = {}
+    for _round in range(4):
+        pids = [int(p) for p in (read_text(housekeeping, "cgroup.procs", "") or "").split()]
+        pids = [pid for pid in pids if pid not in refused]
+        if not pids:
+            break
+        for pid in pids:
+            outcome = _move_pid(procs, pid)
+            if outcome is not True:
+                refused[pid] = outcome
+    return _outcome([{"pid": pid, "what": "task", "reason": why} for pid, why in sorted(refused.items())])
+
+
+def _run_restore_affinity(ctx, step):
+    refused = []
+    for key, cpus in sorted(step.after.items()):
+        reason = _set_affinity(ctx.get("root", "/"), _pid_of(key), parse_cpulist(cpus))
+        if reason:
+            refused.append({"pid": _pid_of(key), "what": step.target, "reason": reason})
+    return _outcome(refused)
+
+
+def _run_remove_cgroup(_ctx, step):
+    try:
+        os.rmdir(step.target)
+    except FileNotFoundError:
+        pass
+
+
+SYSTEMD_ALLOWED_CPUS = Action("systemd_allowed_cpus", _run_systemd, phase="confine")
+HOUSEKEEPING_CGROUP_CREATE = Action("housekeeping_cgroup", _run_housekeeping_cgroup, phase="confine")
+MOVE_TASKS = Action("move_tasks", _run_move_tasks, phase="confine")
+KTHREAD_AFFINITY = Action("kthread_affinity", _run_kthread_affinity, phase="confine")
+WORKQUEUE_CPUMASK = Action("workqueue_cpumask", _run_mask, phase="confine")
+IRQ_DEFAULT_AFFINITY = Action("irq_default_affinity", _run_mask, phase="confine")
+RECORD = Action("record_confinement", _run_record, phase="record", live=False)
+RELEASE_TASKS = Action("release_tasks", _run_release_tasks, phase="confine")
+RESTORE_AFFINITY = Action("restore_affinity", _run_restore_affinity, phase="confine")
+REMOVE_HOUSEKEEPING_CGROUP = Action("remove_housekeeping_cgroup", _run_remove_cgroup, phase="confine")
+ACTIONS = (SYSTEMD_ALLOWED_CPUS, HOUSEKEEPING_CGROUP_CREATE, MOVE_TASKS, KTHREAD_AFFINITY, WORKQUEUE_CPUMASK,
+           IRQ_DEFAULT_AFFINITY, RECORD, RELEASE_TASKS, RESTORE_AFFINITY, REMOVE_HOUSEKEEPING_CGROUP)
+_MASK_ACTIONS = {"workqueue_mask": (WORKQUEUE_MASK, WORKQUEUE_CPUMASK), "irq_default": (IRQ_DEFAULT, IRQ_DEFAULT_AFFINITY)}
+
+
+def refusals(plan):
+    """What refused to move while ``plan`` was carried out (from each step's result)."""
+    found = []
     for step in plan:
-        started = time.monotonic()
-        action = step.action
-        if action == "systemd_allowed_cpus":
-            value = "" if step.after == "all" else step.after
-            rc, out, err = runner(["systemctl", "set-property", "--runtime", step.target, "AllowedCPUs=%s" % value])
-            if rc != 0:
-                raise ConfineError("systemctl set-property %s AllowedCPUs=%s failed: %s"
-                                   % (step.target, value, (err or out).strip()))
-        elif action == "housekeeping_cgroup":
-            if step.detail["version"] == 2:
-                control = os.path.join(layout.cpuset_root, "cgroup.subtree_control")
-                if "cpuset" not in (read_text(layout.cpuset_root, "cgroup.subtree_control", "") or "").split():
-                    _write(control, "+cpuset")
-            os.makedirs(step.target, exist_ok=True)
-            if step.detail["version"] == 1:
-                _write(os.path.join(step.target, "cpuset.mems"), step.detail["mems"])
-            _write(os.path.join(step.target, "cpuset.cpus"), step.after)
-        elif action == "move_tasks":
-            procs = os.path.join(step.target, "cgroup.procs")
-            for pid in step.detail["pids"]:
-                outcome = _move_pid(procs, pid)
-                if outcome is not True:
-                    refused.append({"pid": pid, "what": "task", "reason": outcome})
-            # Tasks forked by the ones just moved meanwhile are born in the root: move them too.
-            for _round in range(3):
-                late = [int(p) for p in (read_text(layout.cpuset_root, "cgroup.procs", "") or "").split()]
-                fresh = read_node(root)
-                movers = [t.pid for t in fresh["tasks"] if t.pid in late and classify(t, fresh) == "move"
-                          and not any(r["pid"] == t.pid for r in refused)]
-                if not movers:
-                    break
-                for pid in movers:
-                    outcome = _move_pid(procs, pid)
-                    if outcome is not True:
-                        refused.append({"pid": pid, "what": "task", "reason": outcome})
-        elif action == "kthread_affinity":
-            cpus = parse_cpulist(step.after)
-            for pid in step.detail["pids"]:
-                reason = _set_affinity(pid, cpus)
-                if reason:
-                    refused.append({"pid": pid, "what": "kernel thread", "reason": reason})
-        elif action in ("workqueue_cpumask", "irq_default_affinity"):
-            try:
-                _write(os.path.join(root, step.target.lstrip("/")), step.detail["mask"])
-            except OSError as exc:
-                refused.append({"pid": None, "what": step.target, "reason": os.strerror(exc.errno or 0)})
-        elif action == "record_confinement":
-            write_json_atomic(root, STATE_FILE, step.after)
-        elif action == "release_tasks":
-            procs = os.path.join(layout.cpuset_root, "cgroup.procs")
-            hk_procs = os.path.join(layout.cpuset_root, HOUSEKEEPING_CGROUP, "cgroup.procs")
-            for _round in range(4):
-                pids = [int(p) for p in (read_text(os.path.dirname(hk_procs), "cgroup.procs", "") or "").split()]
-                if not pids:
-                    break
-                for pid in pids:
-                    outcome = _move_pid(procs, pid)
-                    if outcome is not True:
-                        refused.append({"pid": pid, "what": "task", "reason": outcome})
-        elif action == "restore_affinity":
-            for key, cpus in sorted(step.after.items()):
-                reason = _set_affinity(_pid_of(key), parse_cpulist(cpus))
-                if reason:
-                    refused.append({"pid": _pid_of(key), "what": step.target, "reason": reason})
-        elif action == "remove_housekeeping_cgroup":
-            try:
-                os.rmdir(step.target)
-            except FileNotFoundError:
-                pass
-        elif action == "remove_record":
-            remove_state(root, STATE_FILE)
-        else:
-            raise ConfineError("unknown confinement step %r" % action)
-        if timings is not None:
-            timings.add(action, (time.monotonic() - started) * 1000.0)
-    return refused
+        if step.action in ACTIONS and step.result and step.result.get("refused"):
+            found.extend(step.result["refused"])
+    return found
+
+
+def apply_plan(plan, snapshot, runner=None, timings=None):
+    """Carry a confine or release plan out through the one executor; what refused (never fatal
+    for a task). ``runner(argv) -> (rc, out, err)`` is needed for systemd steps only."""
+    execute(plan, Context(root=snapshot["root"], runner=runner), False, timings)
+    return refusals(plan)
 
 
 def read_back(snapshot, housekeeping):

@@ -78,7 +78,7 @@ def node(tmp_path):
 
 
 def by_action(plan):
-    return {step.action: step for step in plan}
+    return {step.action.name: step for step in plan}
 
 
 def test_parse_stat_with_spaces_and_parentheses_in_comm():
@@ -97,7 +97,7 @@ def test_read_node_classifies_every_task(node):
 def test_plan_confine_without_systemd(node):
     plan = plan_confine(read_node(node()), "0")
     steps = by_action(plan)
-    assert [s.action for s in plan] == ["housekeeping_cgroup", "move_tasks", "kthread_affinity",
+    assert [s.action.name for s in plan] == ["housekeeping_cgroup", "move_tasks", "kthread_affinity",
                                         "workqueue_cpumask", "irq_default_affinity", "record_confinement"]
     assert steps["housekeeping_cgroup"].after == "0" and steps["housekeeping_cgroup"].detail["mems"] == "0"
     # Guests, someone else's cgroup and kernel threads are not moved into the cgroup.
@@ -153,9 +153,9 @@ def test_plan_release_gives_back_what_was_recorded(node):
     })
     plan = plan_release(read_node(root))
     steps = by_action(plan)
-    assert [s.action for s in plan] == ["release_tasks", "restore_affinity", "remove_housekeeping_cgroup",
+    assert [s.action.name for s in plan] == ["release_tasks", "restore_affinity", "remove_housekeeping_cgroup",
                                         "restore_affinity", "workqueue_cpumask", "irq_default_affinity",
-                                        "remove_record"]
+                                        "record_confinement"]
     assert steps["release_tasks"].detail["pids"] == [1, 300, 400]
     assert plan.steps[1].after == {"400:100": "2"}
     assert plan.steps[3].after == {"2:100": "0-3", "40:100": "0-3"}
