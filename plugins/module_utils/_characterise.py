@@ -334,8 +334,8 @@ def render_report(cells_list, node=""):
                      c["confinement"], _fmt(c["max_us"]), _fmt(c["noise_ppm"]), _fmt(c["detours_per_s"]),
                      _fmt(c["span_us"] / 1e6 if c.get("span_us") is not None else None, 2)))
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    lines = ["OS noise on %s (probe threshold %s us)" % (node or "this node",
-                                                          _fmt(cells_list[0].get("threshold_us")) if cells_list else "-")]
+    threshold = _fmt(cells_list[0].get("threshold_us")) if cells_list else "-"
+    lines = ["OS noise on %s (probe threshold %s us)" % (node or "this node", threshold)]
     lines.append("  ".join(h.ljust(w) if i < 4 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths))))
     for row in rows:
         lines.append("  ".join(str(v).ljust(w) if i < 4 else str(v).rjust(w)
@@ -385,9 +385,11 @@ def run(module, libvirt_helpers):
 
     timings = Timings()
     started = time.monotonic()
-    runner = lambda argv: module.run_command(argv)  # noqa: E731
+    def runner(argv):
+        return module.run_command(argv)
+
     measured, readbacks, found, interrupted = measure(request, console_path=console, guest_cpus=guest_cpus,
-                                                     runner=runner, timings=timings, ncpus=len(online))
+                                                      runner=runner, timings=timings, ncpus=len(online))
     timings.add("measure", (time.monotonic() - started) * 1000.0)
     result.update(cells=measured, measured=True, confinement_readback=readbacks, confinement_found=found,
                   interrupted_run=interrupted, timings=timings.to_dict(),

@@ -39,7 +39,7 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import (
     parse_cpulist,
     parse_cpumask,
 )
-from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Context, Plan, execute
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Context, Plan, Step, execute
 from ansible_collections.hpcvirt.regime.plugins.module_utils._state import (
     read_json,
     remove_state,
@@ -292,7 +292,9 @@ def plan_confine(snapshot, housekeeping):
             plan.add(action, "/" + relpath, format_cpulist(before), hk_text, mask=format_cpumask(hk, max(online) + 1))
 
     if plan or (snapshot["state"] or {}) != record:
-        plan.add(RECORD, "/" + STATE_FILE, snapshot["state"], record)
+        # The record goes first: the originals are on disk before anything changes, so a run killed
+        # part-way is released exactly (a re-run keeps the first originals it finds).
+        plan.steps.insert(0, Step(RECORD, "/" + STATE_FILE, snapshot["state"], record))
     return plan
 
 
@@ -313,7 +315,8 @@ def plan_release(snapshot):
         if current["pids"]:
             plan.add(RELEASE_TASKS, layout.cpuset_root, "/" + HOUSEKEEPING_CGROUP, "/",
                      pids=list(current["pids"]))
-        pinned = {key: cpus for key, cpus in state.get("pinned_tasks", {}).items() if key in alive}
+        pinned = {key: cpus for key, cpus in state.get("pinned_tasks", {}).items()
+                  if key in alive and format_cpulist(alive[key].allowed) != cpus}
         if pinned:
             plan.add(RESTORE_AFFINITY, "pinned tasks", None, pinned)
         plan.add(REMOVE_HOUSEKEEPING_CGROUP, current["path"], format_cpulist(current["cpus"]), None)

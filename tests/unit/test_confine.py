@@ -97,8 +97,9 @@ def test_read_node_classifies_every_task(node):
 def test_plan_confine_without_systemd(node):
     plan = plan_confine(read_node(node()), "0")
     steps = by_action(plan)
-    assert [s.action.name for s in plan] == ["housekeeping_cgroup", "move_tasks", "kthread_affinity",
-                                        "workqueue_cpumask", "irq_default_affinity", "record_confinement"]
+    assert [s.action.name for s in plan] == [
+        "record_confinement", "housekeeping_cgroup", "move_tasks", "kthread_affinity", "workqueue_cpumask",
+        "irq_default_affinity"]
     assert steps["housekeeping_cgroup"].after == "0" and steps["housekeeping_cgroup"].detail["mems"] == "0"
     # Guests, someone else's cgroup and kernel threads are not moved into the cgroup.
     assert steps["move_tasks"].detail["pids"] == [1, 300, 400]
@@ -112,7 +113,7 @@ def test_plan_confine_without_systemd(node):
 
 
 def test_plan_confine_is_empty_once_confined(node):
-    state = plan_confine(read_node(node()), "0-1").steps[-1].after
+    state = plan_confine(read_node(node()), "0-1").steps[0].after
     root = node(state=state, housekeeping_cgroup={"cpus": "0-1", "pids": [1, 300, 400]}, extra={
         "sys/devices/virtual/workqueue/cpumask": "3\n",
         "proc/irq/default_smp_affinity": "3\n",
@@ -142,7 +143,7 @@ def test_read_back_names_what_escaped(node):
 
 
 def test_plan_release_gives_back_what_was_recorded(node):
-    state = plan_confine(read_node(node()), "0").steps[-1].after
+    state = plan_confine(read_node(node()), "0").steps[0].after
     root = node(state=state, housekeeping_cgroup={"cpus": "0", "pids": [1, 300, 400]}, extra={
         "sys/devices/virtual/workqueue/cpumask": "1\n",
         "proc/irq/default_smp_affinity": "1\n",
@@ -153,9 +154,9 @@ def test_plan_release_gives_back_what_was_recorded(node):
     })
     plan = plan_release(read_node(root))
     steps = by_action(plan)
-    assert [s.action.name for s in plan] == ["release_tasks", "restore_affinity", "remove_housekeeping_cgroup",
-                                        "restore_affinity", "workqueue_cpumask", "irq_default_affinity",
-                                        "record_confinement"]
+    assert [s.action.name for s in plan] == [
+        "release_tasks", "restore_affinity", "remove_housekeeping_cgroup", "restore_affinity",
+        "workqueue_cpumask", "irq_default_affinity", "record_confinement"]
     assert steps["release_tasks"].detail["pids"] == [1, 300, 400]
     assert plan.steps[1].after == {"400:100": "2"}
     assert plan.steps[3].after == {"2:100": "0-3", "40:100": "0-3"}
@@ -163,7 +164,7 @@ def test_plan_release_gives_back_what_was_recorded(node):
 
 
 def test_plan_release_skips_a_recycled_pid(node):
-    state = plan_confine(read_node(node()), "0").steps[-1].after
+    state = plan_confine(read_node(node()), "0").steps[0].after
     root = node(state=state, housekeeping_cgroup={"cpus": "0", "pids": []},
                 extra={"proc/40/stat": stat_line(40, "other", KTHREAD, starttime=999),
                        "proc/40/task/40/status": "Cpus_allowed_list:\t0\n",
@@ -224,3 +225,18 @@ def test_apply_writes_cgroup_masks_and_record_into_the_tree(node):
     assert open(os.path.join(cg, "cpuset.mems")).read() == "0"
     assert open(os.path.join(root, "sys/devices/virtual/workqueue/cpumask")).read() == "00000001"
     assert json.load(open(os.path.join(root, "var/lib/hpcvirt/confine.json")))["housekeeping"] == "0"
+
+
+def test_a_run_killed_after_its_first_steps_is_released_exactly(node):
+    root = node()
+    snapshot = read_node(root)
+    plan = plan_confine(snapshot, "0")
+    # Killed after the record and the cgroup: nothing else changed.
+    assert _confine.apply_plan(_confine.Plan(plan.steps[:2]), snapshot) == []
+    again = read_node(root)
+    assert again["state"]["kthreads"] == {"2:100": "0-3", "40:100": "0-3"}
+    # A re-run keeps the originals it recorded first.
+    assert plan_confine(again, "0").steps[0].after["kthreads"] == again["state"]["kthreads"]
+    release = plan_release(again)
+    # (a real cgroup directory is removed by rmdir; this fake one holds plain files, so only the plan)
+    assert [s.action.name for s in release] == ["remove_housekeeping_cgroup", "record_confinement"]
