@@ -25,6 +25,7 @@ import time
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _confine, _noise
 from ansible_collections.hpcvirt.regime.plugins.module_utils._cpuset import format_cpulist, parse_cpulist
 from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings
 from ansible_collections.hpcvirt.regime.plugins.module_utils._state import read_json, remove_state, write_json_atomic
 from ansible_collections.hpcvirt.regime.plugins.module_utils._topology import read_text
 
@@ -381,10 +382,10 @@ def run(module, libvirt_helpers):
         raise CharacteriseError("probe: %s is not an executable (make noise installs it)" % request["probe"])
     if module.check_mode:
         return result
-    from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Timings
 
     timings = Timings()
     started = time.monotonic()
+
     def runner(argv):
         return module.run_command(argv)
 
