@@ -177,7 +177,7 @@ def remove_probe_cgroup(layout):
 def start_load(probe, seconds, count):
     """``count`` busy host tasks (the probe with a threshold nothing reaches), ending by themselves."""
     argv = _noise.probe_command(probe, seconds=seconds, interval_ms=60000, threshold_us=1000000.0)
-    return [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(count)]
+    return [subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _index in range(count)]
 
 
 def stop_load(procs):
