@@ -12,7 +12,7 @@ export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export HPCVIRT_IMAGE_DIR := $(IMAGE_DIR)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo demo-clean test setup host venv image libvirt collection unit sanity lint integration molecule clean
+.PHONY: demo demo-clean test setup host venv noise image libvirt collection unit sanity lint integration molecule clean
 
 # Extra suites (molecule scenarios, smoke benchmarks, ...) live in mk/*.mk: each defines its target
 # and appends it to TEST_SUITES, which `make test` runs after the core suites, in file-name order.
@@ -29,7 +29,7 @@ test: setup demo-clean unit lint sanity integration molecule $(TEST_SUITES)
 demo-clean: setup
 	ansible-playbook playbooks/provision.yml -e vse_state=absent -e vse_force=true
 
-setup: host venv collection image libvirt
+setup: host venv collection noise image libvirt
 
 host:
 	scripts/setup-host.sh
@@ -44,6 +44,16 @@ $(VENV)/.installed: requirements.txt
 collection:
 	mkdir -p $(dir $(COLLECTION_LINK))
 	ln -sfn $(CURDIR) $(COLLECTION_LINK)
+
+# The noise probe (tools/noise), static, for the host: hpcvirt.regime.characterise runs it from
+# $(NOISE_BIN) (the guest image builds its own copy into the initramfs and the master disk).
+NOISE_BIN ?= /usr/local/libexec/hpcvirt-noise
+noise: .build/noise/hpcvirt-noise
+	install -D -m 0755 .build/noise/hpcvirt-noise $(NOISE_BIN)
+
+.build/noise/hpcvirt-noise: tools/noise/hpcvirt-noise.c | host
+	mkdir -p $(dir $@)
+	gcc -static -s -O2 -Wall -Wextra -o $@ $<
 
 image:
 	tools/guest/build-image.sh $(IMAGE_DIR)

@@ -13,7 +13,10 @@ A heartbeat guest is dropped onto partition p1 and lifted back into the pool ``-
   with the new <cputune>, start it, and wait for its first heartbeat.
 
 The heartbeat is followed on the host (tools/testbed.py HeartbeatTail), so a stall of the guest
-shows as a gap. Prints a table, then one JSON line.
+shows as a gap. Each guest's noise probe (docs/guest-image.md; the enclave's spins all the time)
+gives the disruption at microsecond resolution: every guest's largest detour while the live moves
+ran, beside its largest detour in a quiet window of the same kind just before. Prints a table,
+then one JSON line.
 """
 
 import argparse
@@ -40,6 +43,8 @@ from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Contex
 from conftest import run_module  # noqa: E402
 
 GUEST = "hpcvirt-bench-enclave"
+NOISE_MS = 200          # the guests' noise report interval
+QUIET_S = 2.0           # the quiet window measured before the moves
 LIVE = libvirt.VIR_DOMAIN_AFFECT_LIVE
 CONFIG = libvirt.VIR_DOMAIN_AFFECT_CONFIG
 STATES = {1: "running", 5: "shutoff"}
@@ -57,6 +62,16 @@ def place_through_module_code(conn, requests):
     execute(plan, Context(libvirt=libvirt, conn=conn, domains=node.domains, ncpus=node.ncpus, affect="both"),
             False, node.timings)
     return sum(step.ms for step in plan)
+
+
+def wait_for_noise(tails, timeout=60):
+    """Until every guest has printed two noise lines (its probe runs)."""
+    deadline = time.monotonic() + timeout
+    while any(len(t.noise) < 2 for t in tails.values()):
+        if time.monotonic() > deadline:
+            sys.exit("no noise lines from %s: is the guest image current (make image)?"
+                     % ", ".join(n for n, t in tails.items() if len(t.noise) < 2))
+        time.sleep(0.1)
 
 
 def bare_move(dom, vcpu_cpus, emulator_cpus, ncpus):
@@ -84,6 +99,10 @@ def cold_move(conn, dom, vcpu_cpus, emulator_cpus):
     return dom, (time.monotonic() - start) * 1000.0
 
 
+def fmt_us(value):
+    return "-" if value is None else "%.1f" % value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cycles", type=int, default=20, help="drop/lift cycles for live and bare")
@@ -107,22 +126,37 @@ def main():
     background = ["hpcvirt-bench-bg%d" % i for i in range(args.background)]
     ncpus = conn.getCPUMap()[0]
     try:
-        dom = testbed.boot(conn, GUEST)
+        dom = testbed.boot(conn, GUEST, noise_duty=100, noise_ms=NOISE_MS)
         for name in background:
-            testbed.boot(conn, name)
+            testbed.boot(conn, name, noise_ms=NOISE_MS)
         # Background guests float over the pool (here the housekeeping CPU), like tenants would.
         place_through_module_code(conn, [{"name": n, "placement": "shared"} for n in background])
         interval_ms = 100.0
         live, bare, cold = [], [], []
+        others_tails = {name: testbed.HeartbeatTail(name).start() for name in background}
         with testbed.HeartbeatTail(GUEST) as tail:
+            tails = dict(others_tails, **{GUEST: tail})
             testbed.wait_for_beats(GUEST, 3)
+            wait_for_noise(tails)
+            quiet = (time.monotonic(), None)
+            time.sleep(QUIET_S)
+            quiet = (quiet[0], time.monotonic())
+            time.sleep(2 * NOISE_MS / 1000.0)       # the line closing the quiet window comes first
             mark = tail.mark()
+            window_start = time.monotonic()
             for _cycle in range(args.cycles):
                 live.append(place_through_module_code(conn, [{"name": GUEST, "placement": "dedicated", "partition": "p1"}]))
                 live.append(place_through_module_code(conn, [{"name": GUEST, "placement": "shared"}]))
+            window_end = time.monotonic()
             testbed.wait_for_beats(GUEST, 2)
+            time.sleep(2 * NOISE_MS / 1000.0)       # the lines that close the window's last interval
             live_gaps = tail.gaps_ms(mark)
             restarts_live = tail.restarts()
+            detours = {name: {"quiet_us": t.largest_detour_us(quiet[0] + NOISE_MS / 1000.0, quiet[1]),
+                              "changes_us": t.largest_detour_us(window_start, window_end)}
+                       for name, t in tails.items()}
+        for other in others_tails.values():
+            other.stop()
             for _cycle in range(args.cycles):
                 bare.append(bare_move(dom, {1}, {0}, ncpus))
                 bare.append(bare_move(dom, {0}, {0}, ncpus))
@@ -145,6 +179,12 @@ def main():
         print("%-34s %6d %10.1f %10.1f %10.1f" % figures)
     print("heartbeat over %d live moves: max gap %.0f ms (interval %.0f ms), restarts %d"
           % (len(live), max(live_gaps), interval_ms, restarts_live))
+    print()
+    print("%-24s %-10s %18s %22s" % ("guest", "moved", "quiet: max detour", "during moves: max detour"))
+    for name in [GUEST] + background:
+        figures = detours[name]
+        print("%-24s %-10s %15s us %19s us" % (name, "yes" if name == GUEST else "no (pool)",
+                                               fmt_us(figures["quiet_us"]), fmt_us(figures["changes_us"])))
     result = {
         "moves": len(live),
         "live_ms_p50": round(statistics.median(live), 2),
@@ -157,6 +197,8 @@ def main():
         "ratio_cold_over_live": round(statistics.median(cold) / statistics.median(live), 1),
         "guest_restarts_live": restarts_live,
         "guest_restarts_cold": restarts_cold,
+        "guest_max_detour_us": {name: d["changes_us"] for name, d in detours.items()},
+        "guest_quiet_max_detour_us": {name: d["quiet_us"] for name, d in detours.items()},
     }
     print(json.dumps(result))
 

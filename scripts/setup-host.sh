@@ -10,6 +10,8 @@ packages=(
   debootstrap openssh-client
   gnutls-bin  # certtool: the multinode test bed's TLS PKI (tools/multinode/nodes.sh)
   polkitd dbus-daemon  # the polkit access driver test (nodes.sh start-acl, test_allowed_users.py)
+  # the static noise probe (tools/noise, make noise and tools/guest/build-image.sh): libc.a
+  libc6-dev
 )
 missing=()
 for pkg in "${packages[@]}"; do

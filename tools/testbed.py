@@ -20,6 +20,7 @@ Command line::
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import sys
@@ -36,6 +37,19 @@ DOMAIN_TYPE = os.environ.get("HPCVIRT_DOMAIN_TYPE", "qemu")
 URI = os.environ.get("HPCVIRT_URI", "qemu:///system")
 
 HEARTBEAT = re.compile(r"hpcvirt-hb seq=(\d+) up=([\d.]+) boot=(\w+) host=(\S*) src=(\w+)")
+
+
+def _load_noise_parser():
+    # The collection's own parser of the noise probe's line (pure, imports nothing of Ansible).
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "plugins", "module_utils", "_noise.py")
+    spec = importlib.util.spec_from_file_location("hpcvirt_noise", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+noise = _load_noise_parser()
 
 
 def _quiet(_ctx, _err):
@@ -81,7 +95,17 @@ def create_overlay(conn, name, master=None):
     return pool.createXML(xml, 0).path()
 
 
-def guest_xml(name, disk, vcpus=1, memory_mib=128, domain_type=DOMAIN_TYPE, hb_ms=100, extra_devices=""):
+def noise_args(noise_ms=None, noise_duty=None, noise_us=None):
+    """Kernel arguments for the guest's noise probe (docs/guest-image.md); None keeps a default."""
+    args = []
+    for key, value in (("noise_ms", noise_ms), ("noise_duty", noise_duty), ("noise_us", noise_us)):
+        if value is not None:
+            args.append("hpcvirt.%s=%d" % (key, int(value)))
+    return " ".join(args)
+
+
+def guest_xml(name, disk, vcpus=1, memory_mib=128, domain_type=DOMAIN_TYPE, hb_ms=100, extra_devices="",
+              cmdline_extra=""):
     return """<domain type='{type}'>
   <name>{name}</name>
   <memory unit='MiB'>{mem}</memory>
@@ -89,7 +113,7 @@ def guest_xml(name, disk, vcpus=1, memory_mib=128, domain_type=DOMAIN_TYPE, hb_m
   <os><type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{images}/hpcvirt-tiny.vmlinuz</kernel>
     <initrd>{images}/hpcvirt-tiny.initrd</initrd>
-    <cmdline>console=ttyS0 quiet hpcvirt.hostname={name} hpcvirt.hb_ms={hb}</cmdline>
+    <cmdline>console=ttyS0 quiet hpcvirt.hostname={name} hpcvirt.hb_ms={hb}{extra_cmdline}</cmdline>
   </os>
   <on_reboot>restart</on_reboot>
   <devices>
@@ -102,15 +126,21 @@ def guest_xml(name, disk, vcpus=1, memory_mib=128, domain_type=DOMAIN_TYPE, hb_m
     {extra}
   </devices>
 </domain>""".format(type=domain_type, name=name, mem=memory_mib, vcpus=vcpus, images=IMAGE_DIR,
-                    disk=disk, log=console_path(name), hb=hb_ms, extra=extra_devices)
+                    disk=disk, log=console_path(name), hb=hb_ms, extra=extra_devices,
+                    extra_cmdline=(" " + cmdline_extra) if cmdline_extra else "")
 
 
-def boot(conn, name, vcpus=1, memory_mib=128, wait=True, timeout=60, hb_ms=100):
-    """Define and start a guest; with ``wait``, return once it has printed a heartbeat."""
+def boot(conn, name, vcpus=1, memory_mib=128, wait=True, timeout=60, hb_ms=100, noise_duty=None, noise_ms=None):
+    """Define and start a guest; with ``wait``, return once it has printed a heartbeat.
+
+    ``noise_duty`` (percent, 100 = the probe spins all the time) and ``noise_ms`` (its report
+    interval) set the guest's noise probe; by default it spins 5% of each second.
+    """
     remove(conn, name)
     os.makedirs(CONSOLE_DIR, exist_ok=True)
     disk = create_overlay(conn, name)
-    dom = conn.defineXML(guest_xml(name, disk, vcpus=vcpus, memory_mib=memory_mib, hb_ms=hb_ms))
+    dom = conn.defineXML(guest_xml(name, disk, vcpus=vcpus, memory_mib=memory_mib, hb_ms=hb_ms,
+                                   cmdline_extra=noise_args(noise_ms=noise_ms, noise_duty=noise_duty)))
     dom.create()
     if wait:
         wait_for_beats(name, 1, timeout)
@@ -192,7 +222,9 @@ class HeartbeatTail:
     """Follows a guest's console file in a thread, stamping each heartbeat with host time.
 
     ``gaps_ms()`` are the host-side intervals between consecutive beats; ``restarts()`` counts
-    changes of boot id or a sequence that went backwards.
+    changes of boot id or a sequence that went backwards. Noise probe lines are kept too
+    (``noise``, stamped the same way): ``largest_detour_us(start, end)`` is the guest's largest
+    detour in a window of host time.
     """
 
     def __init__(self, name, poll_s=0.005, path=None):
@@ -200,6 +232,7 @@ class HeartbeatTail:
         self.path = path or console_path(name)
         self.poll_s = poll_s
         self.beats = []          # (host_monotonic, beat dict)
+        self.noise = []          # (host_monotonic, noise record), see plugins/module_utils/_noise.py
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -237,6 +270,9 @@ class HeartbeatTail:
                 for line in lines:
                     for beat in parse_beats(line):
                         self.beats.append((now, beat))
+                    record = noise.parse_line(line)
+                    if record is not None:
+                        self.noise.append((now, record))
             self._stop.wait(self.poll_s)
 
     def mark(self):
@@ -255,6 +291,36 @@ class HeartbeatTail:
 
     def last(self):
         return self.beats[-1][1] if self.beats else None
+
+    def noise_in(self, start, end=None):
+        """Noise records of the intervals that overlap [start, end] (host ``time.monotonic()``).
+
+        A line is printed at the end of its interval, so the lines stamped from ``start`` up to one
+        interval after ``end`` cover the window (the interval is the lines' usual spacing). Wait
+        about one noise interval after ``end`` before asking.
+        """
+        end = time.monotonic() if end is None else end
+        stamps = [stamp for stamp, _record in self.noise]
+        spacings = sorted(b - a for a, b in zip(stamps, stamps[1:]) if b > a)
+        spacing = spacings[len(spacings) // 2] if spacings else 1.0
+        return [record for stamp, record in self.noise if start <= stamp <= end + spacing]
+
+    def largest_detour_us(self, start, end=None):
+        """The guest's largest detour (microseconds) in [start, end], None when it printed no
+        noise line then (probe off, or the window has not been reported yet)."""
+        records = self.noise_in(start, end)
+        return max(record["max_us"] for record in records) if records else None
+
+
+def largest_detour_us(path, start_offset, end_offset=None):
+    """A guest's largest detour (microseconds) from its console log, between two byte offsets
+    (``os.path.getsize`` of the log before and after a change; the noise line that closes the
+    interval of the change comes up to one interval after it). None when there is no line."""
+    with open(path, "r", errors="replace") as handle:
+        handle.seek(start_offset)
+        text = handle.read() if end_offset is None else handle.read(max(end_offset - start_offset, 0))
+    records = noise.parse(text)
+    return max(record["max_us"] for record in records) if records else None
 
 
 def main(argv=None):

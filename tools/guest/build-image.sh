@@ -2,21 +2,23 @@
 # Build the tiny real guest used by the demo, the tests and the benchmarks, from Debian packages:
 #   <dir>/hpcvirt-tiny.vmlinuz   Debian cloud kernel (linux-image-cloud-amd64)
 #   <dir>/hpcvirt-tiny.initrd    busybox initramfs with the virtio modules and the heartbeat init
-#   <dir>/hpcvirt-tiny.qcow2     master disk image (ext4) carrying the workload; guests boot from
-#                                a copy-on-write overlay of it
-# The result is cached: a second run with the same inputs does nothing.
+#   <dir>/hpcvirt-tiny.qcow2     master disk image (ext4) carrying the workload and the noise probe;
+#                                guests boot from a copy-on-write overlay of it
+# The result is cached: a second run with the same inputs (these scripts, the init, the workload
+# and the noise probe's source) does nothing; a change to any of them rebuilds the image.
 set -euo pipefail
 
 dir=${1:-/var/lib/hpcvirt/images}
 here=$(cd "$(dirname "$0")" && pwd)
-stamp_input=$(cat "$here/build-image.sh" "$here/init" "$here/workload.sh" | sha256sum | cut -c1-16)
+probe_src=$here/../noise/hpcvirt-noise.c
+stamp_input=$(cat "$here/build-image.sh" "$here/init" "$here/workload.sh" "$probe_src" | sha256sum | cut -c1-16)
 
 if [[ -f $dir/.stamp && $(cat "$dir/.stamp") == "$stamp_input" && -f $dir/hpcvirt-tiny.qcow2 ]]; then
   echo "guest image: cached in $dir"
   exit 0
 fi
 
-for tool in busybox cpio mkfs.ext4 qemu-img dpkg-deb apt-get; do
+for tool in busybox cpio mkfs.ext4 qemu-img dpkg-deb apt-get gcc; do
   command -v "$tool" >/dev/null || { echo "guest image: '$tool' is missing (run scripts/setup-host.sh)" >&2; exit 1; }
 done
 [[ -x /bin/busybox ]] && file_bb=/bin/busybox || file_bb=$(command -v busybox)
@@ -29,6 +31,9 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 chmod 755 "$work"
 cd "$work"
+
+# The noise probe, static: the initramfs has no libc.
+gcc -static -s -O2 -Wall -o hpcvirt-noise "$probe_src"
 
 # Kernel: the metapackage names the versioned image package it depends on.
 apt-get download -q linux-image-cloud-amd64 >/dev/null 2>&1
@@ -61,12 +66,14 @@ for path in "${order[@]}"; do
 done
 install -m 0755 "$here/init" $root/init
 install -m 0755 "$here/workload.sh" $root/bin/hpcvirt-workload
+install -m 0755 hpcvirt-noise $root/bin/hpcvirt-noise
 echo "$kver" > $root/etc/kernel-release
 (cd $root && find . | cpio -o -H newc --quiet | gzip -9) > initrd.img
 
 # Master disk: ext4 with the workload, created without mounting (mkfs -d).
 mkdir -p disk/hpcvirt
 install -m 0755 "$here/workload.sh" disk/hpcvirt/workload
+install -m 0755 hpcvirt-noise disk/hpcvirt/hpcvirt-noise
 echo "hpcvirt-tiny master image, kernel $kver" > disk/hpcvirt/release
 mkfs.ext4 -q -F -L hpcvirt-tiny -d disk master.raw 64M
 qemu-img convert -q -f raw -O qcow2 master.raw master.qcow2
