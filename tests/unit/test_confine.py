@@ -170,7 +170,7 @@ def test_plan_release_skips_a_recycled_pid(node):
                        "proc/40/task/40/status": "Cpus_allowed_list:\t0\n",
                        "proc/2/task/2/status": "Cpus_allowed_list:\t0\n"})
     plan = plan_release(read_node(root))
-    kthreads = [s for s in plan if s.action == "restore_affinity" and s.target == "kernel threads"][0]
+    kthreads = [s for s in plan if s.name == "restore_affinity" and s.target == "kernel threads"][0]
     assert kthreads.after == {"2:100": "0-3"}
 
 
@@ -188,9 +188,9 @@ def test_systemd_node_sets_allowed_cpus_per_unit(node):
     root = node(extra={"proc/1/comm": "systemd\n"})
     snapshot = read_node(root, runner=runner)
     plan = plan_confine(snapshot, "0")
-    units = [(s.target, s.before, s.after) for s in plan if s.action == "systemd_allowed_cpus"]
+    units = [(s.target, s.before, s.after) for s in plan if s.name == "systemd_allowed_cpus"]
     assert units == [("system.slice", "all", "0"), ("user.slice", "all", "0")]
-    assert not any(s.action in ("housekeeping_cgroup", "move_tasks") for s in plan)
+    assert not any(s.name in ("housekeeping_cgroup", "move_tasks") for s in plan)
     assert calls[0] == ["systemctl", "show", "--property=AllowedCPUs", "--value", "system.slice"]
     applied = []
 
@@ -198,7 +198,7 @@ def test_systemd_node_sets_allowed_cpus_per_unit(node):
         applied.append(argv)
         return 0, "", ""
 
-    only_units = _confine.Plan([s for s in plan if s.action == "systemd_allowed_cpus"])
+    only_units = _confine.Plan([s for s in plan if s.name == "systemd_allowed_cpus"])
     assert _confine.apply_plan(only_units, snapshot, runner=apply_runner) == []
     assert applied == [["systemctl", "set-property", "--runtime", "system.slice", "AllowedCPUs=0"],
                        ["systemctl", "set-property", "--runtime", "user.slice", "AllowedCPUs=0"]]
@@ -218,7 +218,7 @@ def test_apply_writes_cgroup_masks_and_record_into_the_tree(node):
     root = node()
     snapshot = read_node(root)
     plan = _confine.Plan([s for s in plan_confine(snapshot, "0")
-                          if s.action in ("housekeeping_cgroup", "workqueue_cpumask", "record_confinement")])
+                          if s.name in ("housekeeping_cgroup", "workqueue_cpumask", "record_confinement")])
     assert _confine.apply_plan(plan, snapshot) == []
     cg = os.path.join(root, "sys/fs/cgroup/cpuset/hpcvirt-housekeeping")
     assert open(os.path.join(cg, "cpuset.cpus")).read() == "0"
