@@ -60,7 +60,8 @@ import datetime
 import html
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.hpcvirt.regime.plugins.filter.report_text import ms, text_table
+from ansible_collections.hpcvirt.regime.plugins.filter.report_text import _num, ms, text_table
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _cpuset
 
 ROLES = ("housekeeping", "pool", "partition", "unassigned")
 # Fixed colours (never taken from input): roles, then partitions by their order on the page.
@@ -75,42 +76,12 @@ SHORT_ROLES = {"housekeeping": "hk", "housekeeping+pool": "hk+pool"}
 
 
 def parse_cpulist(text):
-    """'0-3,8' -> [0, 1, 2, 3, 8]; '' -> []. Raises ValueError on anything else."""
-    cpus = set()
-    for part in str(text or "").replace(" ", "").split(","):
-        if not part:
-            continue
-        low, sep, high = part.partition("-")
-        if not low.isdigit() or (sep and not high.isdigit()):
-            raise ValueError("not a cpu-list: %r" % text)
-        first, last = int(low), int(high) if sep else int(low)
-        if last < first or last - first > 65536:
-            raise ValueError("not a cpu-list: %r" % text)
-        cpus.update(range(first, last + 1))
-    return sorted(cpus)
+    """'0-3,8' -> [0, 1, 2, 3, 8]; '' -> []. Raises ValueError (CpuListError) on anything else."""
+    return sorted(_cpuset.parse_cpulist(str(text or "")))
 
 
 def format_cpulist(cpus):
-    cpus = sorted(set(cpus))
-    ranges, start, prev = [], None, None
-    for cpu in cpus:
-        if start is None:
-            start = prev = cpu
-        elif cpu == prev + 1:
-            prev = cpu
-        else:
-            ranges.append((start, prev))
-            start = prev = cpu
-    if start is not None:
-        ranges.append((start, prev))
-    return ",".join(str(a) if a == b else "%d-%d" % (a, b) for a, b in ranges)
-
-
-def _num(value):
-    try:
-        return round(float(value), 1)
-    except (TypeError, ValueError):
-        return None
+    return _cpuset.format_cpulist(cpus)
 
 
 def _cpu_table(topology):
