@@ -29,6 +29,7 @@ import tempfile
 import uuid as _uuid
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Context, Plan, execute
 
 RULES_DIR = "/etc/polkit-1/rules.d"
 RULES_PREFIX = "60-hpcvirt-vse-"
@@ -249,14 +250,6 @@ def plan(vse, users, guests, uuids=(), state="present", rules_dir=RULES_DIR, act
     return steps if step["after"] is not None else steps[::-1]
 
 
-def apply_all(steps, check_mode=False):
-    """:func:`apply` each step in order; True when anything changed (or would)."""
-    changed = False
-    for step in steps:
-        changed = apply(step, check_mode) or changed
-    return changed
-
-
 def plan_file(vse, users, guests, uuids=(), state="present", rules_dir=RULES_DIR, actions=DOMAIN_ACTIONS):
     """What :func:`apply` would do to VSE ``vse``'s file: ``{"path", "action", "before", "after"}``.
 
@@ -278,31 +271,54 @@ def diff(steps):
              "before_header": s["path"], "after_header": s["path"]} for s in steps if s["action"] != "none"]
 
 
-def apply(step, check_mode=False):
-    """Carry out a :func:`plan`: atomic write (temp file in the same directory, fsync, rename)
-    or remove. Check mode writes nothing. Returns True when something changed (or would)."""
-    if step["action"] == "none":
-        return False
-    if check_mode:
-        return True
-    path = step["path"]
-    if step["action"] == "remove":
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        return True
-    directory = os.path.dirname(path)
+def _run_write_rules(_ctx, step):
+    """Atomic write: a temporary file in the same directory, fsync, rename."""
+    directory = os.path.dirname(step.target)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hpcvirt-", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(step["after"])
+            handle.write(step.after)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # polkitd reads it as its own user
-        os.replace(tmp, path)
+        os.replace(tmp, step.target)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return True
+
+
+def _run_remove_rules(_ctx, step):
+    try:
+        os.unlink(step.target)
+    except FileNotFoundError:
+        pass
+
+
+WRITE_RULES = Action("write_rules", _run_write_rules, phase="access")
+REMOVE_RULES = Action("remove_rules", _run_remove_rules, phase="access")
+
+
+def to_plan(steps):
+    """The file decisions of :func:`plan` as a ``_plan.Plan`` (files already right are left out)."""
+    if isinstance(steps, dict):
+        steps = [steps]
+    plan = Plan()
+    for step in steps:
+        if step["action"] == "write":
+            plan.add(WRITE_RULES, step["path"], step["before"], step["after"])
+        elif step["action"] == "remove":
+            plan.add(REMOVE_RULES, step["path"], step["before"], None)
+    return plan
+
+
+def apply_all(steps, check_mode=False):
+    """Carry out :func:`plan`'s decisions through the one executor; True when anything changed (or would)."""
+    plan = to_plan(steps)
+    execute(plan, Context(), check_mode)
+    return plan.changed
+
+
+def apply(step, check_mode=False):
+    """One file's decision (:func:`plan_file`), as :func:`apply_all`. Check mode writes nothing."""
+    return apply_all([step], check_mode)

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils import _access
+from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import StepFailed
 from ansible_collections.hpcvirt.regime.plugins.module_utils._access import AccessError
 
 
@@ -136,7 +137,7 @@ def test_a_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(_access.os, "replace", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(StepFailed, match="write_rules .*60-hpcvirt-vse-lab.rules.*No space left on device"):
         _access.apply(_access.plan_file("lab", ["bob"], ["g"], rules_dir=rules))
     assert os.listdir(rules) == ["60-hpcvirt-vse-lab.rules"]
     assert open(os.path.join(rules, "60-hpcvirt-vse-lab.rules")).read() == before
