@@ -355,22 +355,14 @@ def render_report(cells_list, node=""):
     return "\n".join(lines)
 
 
-def online_cpus(root="/"):
-    return parse_cpulist(read_text(root, "sys/devices/system/cpu/online", ""))
-
-
-def read_layout(path):
-    """The layout file (None when the node was never carved)."""
-    if not os.path.isabs(path):
-        raise CharacteriseError("layout_file: must be an absolute path")
-    return read_json("/", path.lstrip("/"))
-
-
 def run(module, libvirt_helpers):
     """The whole module: resolve, then (unless check mode) measure; the result fields."""
     params = module.params
-    online = online_cpus()
-    request = resolve(params, read_layout(params["layout_file"]), online)
+    from ansible_collections.hpcvirt.regime.plugins.module_utils._node import read_node
+
+    node = read_node(module, guests=False)     # the one node model: topology and the layout file
+    online = node.online
+    request = resolve(params, node.record, online)
     planned = [{"confinement": conf, "load": load} for conf, load in cells(request)]
     result = {"changed": False, "request": request, "cells_planned": planned, "cells": [], "measured": False}
     console, guest_cpus = None, None
