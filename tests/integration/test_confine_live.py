@@ -49,7 +49,7 @@ def test_confinement_moves_a_busy_host_task_off_the_partition_and_back(partition
         assert 1 in allowed(busy.pid)
         snapshot = _confine.read_node("/")
         plan = _confine.plan_confine(snapshot, "0")
-        actions = [step.action for step in plan]
+        actions = [step.name for step in plan]
         assert "move_tasks" in actions and busy.pid in plan.steps[actions.index("move_tasks")].detail["pids"]
         # Planning changed nothing.
         assert not os.path.isdir("/sys/fs/cgroup/cpuset/" + _confine.HOUSEKEEPING_CGROUP)
@@ -68,7 +68,7 @@ def test_confinement_moves_a_busy_host_task_off_the_partition_and_back(partition
                 assert 1 not in task.allowed, task.to_dict()
         # A second run has nothing left to do.
         again = _confine.plan_confine(after, "0")
-        assert [s.action for s in again if s.action != "kthread_affinity"] == [], again.to_list()
+        assert [s.name for s in again if s.name != "kthread_affinity"] == [], again.to_list()
 
         release = _confine.plan_release(_confine.read_node("/"))
         _confine.apply_plan(release, _confine.read_node("/"))

@@ -1,6 +1,7 @@
 """node_info through ansible-playbook against the real local libvirtd and a real running guest."""
 
 import os
+import re
 import subprocess
 
 import libvirt
@@ -103,9 +104,10 @@ def test_missing_libvirt_python_names_the_fix(tmp_path):
 def test_status_playbook_prints_the_guest(pinned_guest):
     proc = run_playbook("playbooks/status.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "regime" in proc.stdout
-    assert "- %s: running, 2/2 vCPUs" % pinned_guest.name() in proc.stdout
-    assert "vcpu pins 0 %d" % (os.cpu_count() - 1) in proc.stdout
+    assert "localhost (" in proc.stdout and re.search(r"\) is (time_shared|space_shared|mixed) \(", proc.stdout)
+    assert "- %s: running, 2 of 2 vCPUs" % pinned_guest.name() in proc.stdout
+    assert "vCPU pins 0 %d" % (os.cpu_count() - 1) in proc.stdout
+    assert re.search(r"localhost +\w+ +s0\[", proc.stdout)        # the core map line of the node
 
 
 def test_guest_that_vanishes_while_listed_is_skipped(conn):

@@ -199,7 +199,7 @@ def test_module_in_own_cgroup_reports_blockers_and_check_mode_changes_nothing(tm
 BAD = [
     ({"housekeeping": "0", "partitions": [{"name": "a", "cpus": "1"}, {"name": "b", "cpus": "1"}]},
      "partitions[1].cpus: CPU 1 of partition 'b' is already in partition 'a'"),
-    ({"housekeeping": "0", "partitions": [{"name": "a", "cpus": "7"}]}, "partitions[0].cpus: CPUs 7 are not online"),
+    ({"housekeeping": "0", "partitions": [{"name": "a", "cpus": "7"}]}, "partitions[0].cpus: '7' names CPU 7, beyond the last CPU this node can have"),
     ({"housekeeping": "", "partitions": []}, "housekeeping: must name at least one online CPU"),
     ({"housekeeping": "0", "partitions": [{"name": "a", "cpus": "1", "numa_nodes": [3]}]},
      "partitions[0].numa_nodes: NUMA node(s) 3 do not exist"),
