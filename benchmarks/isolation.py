@@ -23,7 +23,8 @@ sys.path.insert(0, os.path.join(ROOT, "tools"))
 sys.path.insert(0, os.path.join(ROOT, ".build", "collections"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
-from ansible_collections.hpcvirt.regime.plugins.module_utils import _characterise  # noqa: E402
+from ansible_collections.hpcvirt.regime.plugins.module_utils import _characterise
+from ansible_collections.hpcvirt.regime.plugins.module_utils._node import NodeState  # noqa: E402
 from conftest import run_module  # noqa: E402
 
 PROBE_CANDIDATES = (os.environ.get("HPCVIRT_NOISE_BIN", ""), os.path.join(ROOT, ".build", "noise", "hpcvirt-noise"),
@@ -47,14 +48,14 @@ def main():
         sys.exit("no noise probe: run make noise")
     seconds = 2 if args.smoke else args.seconds
     loads = ["host"] if args.smoke else ["none", "host"]
-    online = _characterise.online_cpus()
+    online = NodeState.read().online
     if len(online) < 2:
         sys.exit("needs at least two CPUs (housekeeping and a partition)")
     carve = run_module("hpcvirt.regime.partition", {"housekeeping": "0", "partitions": [{"name": "p1", "cpus": "1"}]})
     if carve.get("failed"):
         sys.exit("cannot carve partition p1: %s" % carve["msg"])
     try:
-        layout = _characterise.read_layout("/etc/hpcvirt/layout.json")
+        layout = NodeState.read().record
         params = {"environment": "native", "target": "partition", "cpu": None, "guest": None, "label": None,
                   "loads": loads, "confinement": ["unconfined", "confined"], "seconds": seconds,
                   "interval_ms": 1000, "threshold_us": 2.0, "housekeeping": None, "probe": probe}
