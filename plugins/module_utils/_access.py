@@ -25,11 +25,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 import uuid as _uuid
 
 from ansible_collections.hpcvirt.regime.plugins.module_utils._errors import HpcvirtError
 from ansible_collections.hpcvirt.regime.plugins.module_utils._plan import Action, Context, Plan, execute
+from ansible_collections.hpcvirt.regime.plugins.module_utils._state import write_text_atomic
 
 RULES_DIR = "/etc/polkit-1/rules.d"
 RULES_PREFIX = "60-hpcvirt-vse-"
@@ -272,20 +272,8 @@ def diff(steps):
 
 
 def _run_write_rules(_ctx, step):
-    """Atomic write: a temporary file in the same directory, fsync, rename."""
-    directory = os.path.dirname(step.target)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".hpcvirt-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(step.after)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # polkitd reads it as its own user
-        os.replace(tmp, step.target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # polkitd reads the file as its own user; the rules directory is polkit's, never created here.
+    write_text_atomic(step.target, step.after, mode=0o644, make_dirs=False)
 
 
 def _run_remove_rules(_ctx, step):

@@ -359,6 +359,15 @@ def _move_pid(procs_file, pid):
         return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
+def _move_pids(procs_file, pids, refused):
+    """``_move_pid`` for each pid; the refusals (pid -> reason) are added to ``refused``, returned."""
+    for pid in pids:
+        outcome = _move_pid(procs_file, pid)
+        if outcome is not True:
+            refused[pid] = outcome
+    return refused
+
+
 def _set_affinity(root, pid, cpus):
     """sched_setaffinity on every thread of ``pid``: None, or the reason it refused."""
     task_dir = os.path.join(root, "proc", str(pid), "task")
@@ -404,21 +413,14 @@ def _run_housekeeping_cgroup(_ctx, step):
 
 def _run_move_tasks(ctx, step):
     procs = os.path.join(step.target, "cgroup.procs")
-    refused = {}
-    for pid in step.detail["pids"]:
-        outcome = _move_pid(procs, pid)
-        if outcome is not True:
-            refused[pid] = outcome
+    refused = _move_pids(procs, step.detail["pids"], {})
     # Tasks forked meanwhile by the ones not yet moved are born in the root: move them too.
     for _round in range(3):
         fresh = read_node(ctx.get("root", "/"))
         movers = [t.pid for t in fresh["tasks"] if classify(t, fresh) == "move" and t.pid not in refused]
         if not movers:
             break
-        for pid in movers:
-            outcome = _move_pid(procs, pid)
-            if outcome is not True:
-                refused[pid] = outcome
+        _move_pids(procs, movers, refused)
     return _outcome([{"pid": pid, "what": "task", "reason": why} for pid, why in sorted(refused.items())])
 
 
@@ -456,10 +458,7 @@ def _run_release_tasks(_ctx, step):
         pids = [pid for pid in pids if pid not in refused]
         if not pids:
             break
-        for pid in pids:
-            outcome = _move_pid(procs, pid)
-            if outcome is not True:
-                refused[pid] = outcome
+        _move_pids(procs, pids, refused)
     return _outcome([{"pid": pid, "what": "task", "reason": why} for pid, why in sorted(refused.items())])
 
 

@@ -54,23 +54,30 @@ def read_json(root, relpath):
         raise ValueError("%s cannot be read: %s" % (path, os.strerror(exc.errno) if exc.errno else exc))
 
 
-def write_json_atomic(root, relpath, data, mode=0o644):
-    path = state_path(root, relpath)
+def write_text_atomic(path, text, mode=0o644, make_dirs=True):
+    """Write ``text`` to ``path`` atomically: a temporary file beside it, fsync, rename over it.
+
+    A failure at any point leaves the old file as it was and no temporary file behind.
+    """
     directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path))
+    if make_dirs:
+        os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path), suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
-        os.rename(tmp, path)
+        os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(root, relpath, data, mode=0o644):
+    write_text_atomic(state_path(root, relpath), json.dumps(data, indent=2, sort_keys=True) + "\n", mode)
 
 
 def remove_state(root, relpath):
